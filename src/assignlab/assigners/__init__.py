@@ -1,0 +1,15 @@
+"""Assigners, one module per method. Every class is configured in its constructor and called as
+``assigner(priors, gt, **predictions) -> Assignment``.
+
+``ASSIGNERS`` maps the command-line name (the lowercase method name) to the class.
+"""
+
+from .base import Assigner
+
+# -- one import per method module (keep sorted by CLI name) --
+
+ASSIGNERS: dict[str, type[Assigner]] = {
+    # "name": Class,
+}
+
+__all__ = ["ASSIGNERS", "Assigner"]
