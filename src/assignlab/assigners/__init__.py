@@ -7,9 +7,15 @@
 from .base import Assigner
 
 # -- one import per method module (keep sorted by CLI name) --
+from .centernet import CenterNetAssigner
+from .hambox import HAMBoxAssigner
+from .noisy_anchor import NoisyAnchorAssigner
 
 ASSIGNERS: dict[str, type[Assigner]] = {
     # "name": Class,
+    "centernet": CenterNetAssigner,
+    "hambox": HAMBoxAssigner,
+    "noisy": NoisyAnchorAssigner,
 }
 
-__all__ = ["ASSIGNERS", "Assigner"]
+__all__ = ["ASSIGNERS", "Assigner", "CenterNetAssigner", "HAMBoxAssigner", "NoisyAnchorAssigner"]

@@ -1,0 +1,264 @@
+"""CenterNet: one positive per object at its center cell, Gaussian heatmap soft negatives.
+
+Zhou, Wang, Kraehenbuehl, "Objects as Points", arXiv:1904.07850, 2019 (Sec. 3, Eq. 1); the
+radius rule comes from Law & Deng, "CornerNet: Detecting Objects as Paired Keypoints", ECCV 2018.
+
+Every GT ``g`` of class ``c`` is one keypoint: the cell ``(floor(cx / s), floor(cy / s))`` of its
+center on a level of stride ``s``. The classification target is a per-class heatmap ``Y`` with a
+Gaussian splat around each keypoint, combined by element-wise maximum over GTs of a class::
+
+    Y[x, y, c] = max_g exp(-((x - px_g)^2 + (y - py_g)^2) / (2 sigma_g^2)),   |x - px_g|, |y - py_g| <= r_g
+    sigma_g = (2 r_g + 1) / 6                                                   (CenterNet code)
+
+The peak is exactly 1 at the center cell, the window is the ``(2r+1) x (2r+1)`` square around it
+(0 outside). The penalty-reduced focal loss (Eq. 1) treats the peak as the positive and uses
+``(1 - Y)^4`` to down-weight the negatives near it, so the heatmap is returned as the *soft
+negative target* in ``extras["heatmap"]`` ``(B, N, C)``.
+
+**Radius.** ``r = max(0, floor(gaussian_radius(ceil(h), ceil(w), min_overlap)))`` with ``h, w`` the
+box size in cells of its level (CenterNet's ``ctdet`` rounding). :func:`gaussian_radius` is
+CornerNet's three-case quadratic (corners moved inward / outward / one in one out) exactly as
+the public CenterNet and CornerNet code computes it, including its well-known quirk of dividing
+every root by 2 instead of ``2a`` (which makes the third case the binding one for most boxes)::
+
+    case 1: a=1,     b=h+w,           c=w h (1-m)/(1+m)   r1 = (b + sqrt(b^2 - 4ac)) / 2
+    case 2: a=4,     b=2(h+w),        c=(1-m) w h         r2 = (b + sqrt(b^2 - 4ac)) / 2
+    case 3: a=4m,    b=-2m(h+w),      c=(m-1) w h         r3 = (b + sqrt(b^2 - 4ac)) / 2
+    radius = min(r1, r2, r3)
+
+Worked example: a 10 x 10 cell box, ``m = 0.7``: r1 = 19.08, r2 = 36.73, r3 = 2.73 -> r = 2,
+``sigma = 5/6``; the heatmap is 1 at the center, ``exp(-0.72) = 0.487`` one cell away,
+``exp(-1.44) = 0.237`` diagonally, ``exp(-5.76) = 0.0032`` at the window corner ``(+-2, +-2)``
+and 0 three cells away.
+
+**Levels.** The original uses one output map (stride 4). Here, by default, every GT goes to the
+finest level (smallest stride); ``level=l`` picks one level; ``size_ranges=[(lo, hi), ...]`` (one
+range per level, in level order) sends each GT to the first level with ``lo < max(w, h) / 2 <= hi``
+(in pixels, i.e. the largest center-to-edge distance, the quantity FCOS's regress ranges bound),
+or to the first level when below every range and to the last when above. The other levels get
+no heatmap for that GT.
+
+**Edge cases.** GT boxes are clipped to the image (``priors.image_size``) first (CenterNet clips to
+the output map); a GT that vanishes by clipping gets no target. A center outside the grid is
+clamped to the nearest cell. When two GTs share a center cell on the same level, the cell goes to
+the *smaller* GT (by clipped area; ties to the lower GT index); the other GT has no positive, but
+its Gaussian is still in the heatmap of its class.
+
+Output (all ``(B, N)``): ``positive`` on the center cells, ``gt_index`` there, ``quality`` 1,
+``box_weight`` 1, ``cls_weight`` 1 everywhere (no ignore). ``extras["heatmap"]`` ``(B, N, C)``;
+``extras["overlaps"]`` IoU of the positive prior's box (``priors.boxes(square_scale)``) with its
+GT. CenterNet is anchor-free: priors with several anchors per location raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
+from ..core.boxes import aligned_box_iou
+from .base import Assigner
+
+__all__ = ["CenterNetAssigner", "gaussian_radius"]
+
+
+def gaussian_radius(height: Tensor, width: Tensor, min_overlap: float = 0.7) -> Tensor:
+    """CornerNet / CenterNet Gaussian radius of boxes of size ``height x width`` (element-wise).
+
+    Same formula and rounding-free output as the public reference code (see module docstring);
+    callers floor it. ``height`` and ``width`` are in heatmap cells.
+
+    Example::
+
+        >>> gaussian_radius(torch.tensor([10.0]), torch.tensor([10.0]))
+        tensor([2.7332])
+    """
+    h, w, m = height, width, float(min_overlap)
+    b1 = h + w
+    c1 = w * h * (1 - m) / (1 + m)
+    r1 = (b1 + torch.sqrt((b1**2 - 4 * c1).clamp(min=0))) / 2
+    b2 = 2 * (h + w)
+    c2 = (1 - m) * w * h
+    r2 = (b2 + torch.sqrt((b2**2 - 16 * c2).clamp(min=0))) / 2
+    a3 = 4 * m
+    b3 = -2 * m * (h + w)
+    c3 = (m - 1) * w * h
+    r3 = (b3 + torch.sqrt((b3**2 - 4 * a3 * c3).clamp(min=0))) / 2
+    return torch.minimum(torch.minimum(r1, r2), r3)
+
+
+class CenterNetAssigner(Assigner):
+    """Center-cell positives and Gaussian heatmap targets (see module docstring).
+
+    Args:
+        min_overlap: ``m`` of the radius rule, in (0, 1) (CenterNet: 0.7; mmdet's head uses 0.3).
+        level: the single level every GT goes to; ``None`` = the finest level. Exclusive with
+            ``size_ranges``.
+        size_ranges: one ``(lo, hi)`` pixel range of ``max(w, h) / 2`` per level.
+        num_classes: heatmap channels ``C``. When ``None``: ``pred_scores.shape[-1]`` if
+            predictions are passed, else ``max(label) + 1`` of the batch (one host sync).
+        square_scale: side of the square prior boxes used for ``extras["overlaps"]``, in strides.
+        max_pairs: memory budget (prior x GT pairs per intermediate tensor).
+
+    Raises:
+        ValueError: a bad parameter (named); priors with several anchors per location; ``level``
+            or ``size_ranges`` not matching the priors' levels; a GT label outside ``[0, C)``.
+    """
+
+    def __init__(
+        self,
+        min_overlap: float = 0.7,
+        level: int | None = None,
+        size_ranges: Sequence[tuple[float, float]] | None = None,
+        num_classes: int | None = None,
+        square_scale: float = 8.0,
+        max_pairs: int = DEFAULT_MAX_PAIRS,
+    ) -> None:
+        if not 0.0 < float(min_overlap) < 1.0:
+            raise ValueError(f"min_overlap must be in (0, 1), got {min_overlap}")
+        if level is not None and (int(level) != level or int(level) < 0):
+            raise ValueError(f"level must be a non-negative integer or None, got {level}")
+        if level is not None and size_ranges is not None:
+            raise ValueError("level and size_ranges are exclusive: give one of them")
+        if size_ranges is not None:
+            size_ranges = tuple((float(lo), float(hi)) for lo, hi in size_ranges)
+            if not size_ranges or any(not lo < hi for lo, hi in size_ranges):
+                raise ValueError(f"size_ranges must be non-empty (lo, hi) pairs with lo < hi, got {size_ranges}")
+        if num_classes is not None and (int(num_classes) != num_classes or int(num_classes) < 1):
+            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
+        if not float(square_scale) > 0:
+            raise ValueError(f"square_scale must be positive, got {square_scale}")
+        super().__init__(max_pairs)
+        self.min_overlap = float(min_overlap)
+        self.level = None if level is None else int(level)
+        self.size_ranges = size_ranges
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.square_scale = float(square_scale)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _num_classes(self, gt: GroundTruth, pred_scores: Tensor | None) -> int:
+        if self.num_classes is not None:
+            return self.num_classes
+        if pred_scores is not None:
+            return int(pred_scores.shape[-1])
+        if gt.max_boxes == 0 or not bool(gt.mask.any()):
+            return 1
+        return int(gt.labels[gt.mask].max()) + 1
+
+    def _gt_levels(self, priors: Priors, boxes: Tensor) -> Tensor:
+        """``(B, G)`` level of every GT."""
+        L = len(priors.num_level_priors)
+        B, G = boxes.shape[:2]
+        if self.size_ranges is None:
+            if self.level is None:
+                lvl = min(range(L), key=lambda i: priors.level_strides[i])
+            else:
+                lvl = self.level
+                if lvl >= L:
+                    raise ValueError(f"level={lvl} but the priors have {L} levels")
+            return torch.full((B, G), lvl, dtype=torch.long, device=boxes.device)
+        if len(self.size_ranges) != L:
+            raise ValueError(f"size_ranges has {len(self.size_ranges)} ranges but the priors have {L} levels")
+        rng = torch.tensor(self.size_ranges, dtype=boxes.dtype, device=boxes.device)  # (L, 2)
+        size = torch.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]) / 2  # (B, G)
+        inside = (size[..., None] > rng[:, 0]) & (size[..., None] <= rng[:, 1])  # (B, G, L)
+        first = inside.long().argmax(dim=-1)  # first matching level (0 when none)
+        fallback = torch.where(size <= rng[0, 0], 0, L - 1)
+        return torch.where(inside.any(dim=-1), first, fallback)
+
+    @staticmethod
+    def _grid_extent(priors: Priors) -> tuple[Tensor, Tensor]:
+        """``(L,)`` columns and rows of every level's grid."""
+        device = priors.device
+        if all(r > 0 and c > 0 for r, c in priors.level_shapes):
+            cols = torch.tensor([c for _, c in priors.level_shapes], device=device)
+            rows = torch.tensor([r for r, _ in priors.level_shapes], device=device)
+            return cols, rows
+        ext = []
+        for sl in priors.level_slices():  # loop over levels only
+            g = priors.grid_xy[sl]
+            ext.append(g.max(dim=0).values + 1 if g.shape[0] else torch.ones(2, dtype=torch.long, device=device))
+        e = torch.stack(ext)  # (L, 2) (cols, rows)
+        return e[:, 0], e[:, 1]
+
+    # -- assignment ------------------------------------------------------------------------------
+    def __call__(self, priors: Priors, gt: GroundTruth, **predictions: Tensor) -> Assignment:
+        if any(na > 1 for na in priors.num_anchors):
+            raise ValueError(
+                f"CenterNetAssigner is anchor-free: one prior per location expected, got "
+                f"{priors.num_anchors} anchors per location"
+            )
+        pred_scores = predictions.get("pred_scores")
+        B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
+        device, dtype = gt.boxes.device, gt.boxes.dtype
+        C = self._num_classes(gt, pred_scores)
+        if G and bool((((gt.labels < 0) | (gt.labels >= C)) & gt.mask).any()):  # validation
+            raise ValueError(f"CenterNetAssigner: GT labels must be in [0, {C})")
+        if G == 0 or N == 0:
+            res = Assignment.empty(B, N, device=device)
+            return res.replace(
+                extras={
+                    "heatmap": torch.zeros(B, N, C, dtype=torch.float32, device=device),
+                    "overlaps": torch.zeros(B, N, dtype=torch.float32, device=device),
+                }
+            )
+
+        # ---- per-GT quantities (B, G) ---------------------------------------------------------
+        boxes = gt.boxes
+        H, W = priors.image_size
+        if H > 0 and W > 0:
+            x1, x2 = boxes[..., 0].clamp(0, W), boxes[..., 2].clamp(0, W)
+            y1, y2 = boxes[..., 1].clamp(0, H), boxes[..., 3].clamp(0, H)
+            boxes = torch.stack([x1, y1, x2, y2], dim=-1)
+        lvl = self._gt_levels(priors, boxes)  # (B, G)
+        lstrides = torch.tensor(priors.level_strides, dtype=dtype, device=device)
+        st = lstrides[lvl]  # (B, G)
+        bw = (boxes[..., 2] - boxes[..., 0]) / st  # cells
+        bh = (boxes[..., 3] - boxes[..., 1]) / st
+        ok = gt.mask & (bw > 0) & (bh > 0)
+        radius = torch.floor(gaussian_radius(torch.ceil(bh), torch.ceil(bw), self.min_overlap)).clamp(min=0)
+        radius = torch.where(ok, radius, 0.0)
+        two_sigma2 = 2 * ((2 * radius + 1) / 6) ** 2  # (B, G)
+        cols, rows = self._grid_extent(priors)
+        cx = torch.floor((boxes[..., 0] + boxes[..., 2]) / 2 / st).long()
+        cy = torch.floor((boxes[..., 1] + boxes[..., 3]) / 2 / st).long()
+        cx = torch.minimum(cx.clamp(min=0), cols[lvl] - 1)
+        cy = torch.minimum(cy.clamp(min=0), rows[lvl] - 1)
+        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        labels = gt.labels.clamp(0, C - 1)  # padded rows may hold anything; they add zeros
+
+        # ---- chunked (B, g, N) splatting -------------------------------------------------------
+        px = priors.grid_xy[:, 0][None, None, :]  # (1, 1, N)
+        py = priors.grid_xy[:, 1][None, None, :]
+        plev = priors.levels[None, None, :]
+        heat = torch.zeros(B, C, N, dtype=dtype, device=device)
+        best_area = torch.full((B, N), float("inf"), dtype=dtype, device=device)
+        best_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
+        for sl in gt_chunks(B, G, N, self.max_pairs):
+            g = sl.stop - sl.start
+            dx = px - cx[:, sl, None]  # (B, g, N)
+            dy = py - cy[:, sl, None]
+            here = (plev == lvl[:, sl, None]) & ok[:, sl, None]
+            r = radius[:, sl, None]
+            win = here & (dx.abs() <= r) & (dy.abs() <= r)
+            d2 = (dx * dx + dy * dy).to(dtype)
+            val = torch.where(win, torch.exp(-d2 / two_sigma2[:, sl, None]), 0.0)
+            heat.scatter_reduce_(1, labels[:, sl, None].expand(B, g, N), val, reduce="amax", include_self=True)
+            center = here & (dx == 0) & (dy == 0)
+            key = torch.where(center, area[:, sl, None], float("inf"))
+            v, a = key.min(dim=1)  # first min -> lower GT index
+            upd = v < best_area  # strict: earlier chunks win ties
+            best_area = torch.where(upd, v, best_area)
+            best_gt = torch.where(upd, a + sl.start, best_gt)
+
+        gt_index = best_gt
+        positive = gt_index >= 0
+        gboxes = torch.gather(gt.boxes, 1, gt_index.clamp(min=0)[..., None].expand(B, N, 4))
+        pboxes = priors.boxes(self.square_scale).to(dtype)[None].expand(B, N, 4)
+        overlaps = torch.where(positive, torch.nan_to_num(aligned_box_iou(pboxes, gboxes), nan=0.0), 0.0)
+        return Assignment.from_gt_index(
+            gt_index,
+            extras={"heatmap": heat.permute(0, 2, 1).float(), "overlaps": overlaps.float()},
+        )

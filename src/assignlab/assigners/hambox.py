@@ -1,0 +1,204 @@
+"""HAMBox: online high-quality anchor mining.
+
+Liu, Tang, Han, Liu, Rui, Wu, "HAMBox: Delving into Mining High-Quality Anchors on Face
+Detection", CVPR 2020 (Sec. 3.2 "Online High-quality Anchor Mining", Sec. 3.3 "Regression-aware
+Focal Loss").
+
+The paper observes that many anchors *after regression* cover a face well although their anchor
+box overlaps it poorly, and that faces matched to few anchors are under-trained. HAMBox therefore
+assigns in two stages at every iteration:
+
+**Stage 1 (static matching).** Each prior takes the GT with the highest anchor IoU and is positive
+iff that IoU reaches ``t1`` (0.35). There is no ignore band and no "best anchor of each GT"
+rescue: every other prior is a stage-1 negative. ``M_g`` = number of stage-1 positives of GT ``g``.
+
+**Stage 2 (compensation).** For every GT with ``M_g < K`` (``K`` = ``k`` = 5), take its stage-1
+negatives whose *predicted* box overlaps it with ``IoU(pred, g) >= t2`` (0.5), sort them by that
+predicted IoU and make the best ``K - M_g`` of them positives of ``g``. Selection is done for every
+GT independently; an anchor chosen by several GTs goes to the one with the higher predicted IoU
+(ties to the lower GT index), and the losing GT is not refilled, so it may end with fewer than
+``K`` anchors.
+
+**Regression-aware focal loss.** A compensated anchor's classification target is its predicted
+IoU rather than 1; :attr:`Assignment.quality` carries it (stage-1 positives have quality 1), so a
+quality-focal / soft-target loss reproduces the paper's loss. Box weights are 1 on all positives.
+
+Option ``ignore_pred_negatives``: the stage-1 negatives whose predicted box still reaches ``t2``
+with some GT but were not compensated (the GT already had enough anchors, or lost a collision) are
+*ignored* instead of being pushed to background. This is off by default (the paper keeps them as
+negatives).
+
+Worked example (``t1=0.35, k=5, t2=0.5``), one GT ``g``::
+
+    stage 1: anchor IoU with g     a7 0.41 | every other anchor < 0.35      -> M_g = 1, need 4
+    stage 2: predicted IoU with g  a3 0.82  a9 0.77  a2 0.64  a5 0.58  a11 0.52  a4 0.50  a6 0.31
+             candidates (>= t2):   a3, a9, a2, a5, a11, a4               (6 candidates)
+             compensated (best 4): a3, a9, a2, a5
+    result   positive  a7 a3 a9 a2 a5          gt_index g for all five
+             quality   1.0 0.82 0.77 0.64 0.58 (stage-1 positive 1, compensated = predicted IoU)
+             a11, a4   negative (ignored when ignore_pred_negatives=True); a6 negative
+
+With only two candidates (say a3 and a9) the GT gets those two and ends with 3 positives.
+
+Extras (all ``(B, N)``): ``"compensated"`` bool, stage-2 positives; ``"overlaps"`` predicted-box
+IoU of each positive with its GT (0 elsewhere); ``"anchor_iou"`` best anchor IoU of every prior
+over the valid GTs (0 when the image has none).
+
+Anchor-free priors are matched with ``priors.boxes(square_scale)`` squares.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
+from ..core.boxes import batched_box_iou
+from .base import Assigner, check_predictions
+
+__all__ = ["HAMBoxAssigner"]
+
+
+def _sanitize_pred_boxes(pred_boxes: Tensor, dtype: torch.dtype) -> Tensor:
+    """Raw regressed boxes may be NaN or inverted early in training: NaN -> 0 and ``x2 < x1``
+    (``y2 < y1``) collapsed to zero width (height), so IoUs with a real GT stay finite in [0, 1]."""
+    pb = torch.nan_to_num(pred_boxes.detach().to(dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    lo = pb[..., :2]
+    hi = torch.maximum(pb[..., 2:], lo)
+    return torch.cat([lo, hi], dim=-1)
+
+
+class HAMBoxAssigner(Assigner):
+    """Two-stage HAMBox assignment (see module docstring).
+
+    Args:
+        t1: stage-1 anchor IoU threshold, in (0, 1] (paper: 0.35).
+        k: target number of anchors per GT, ``K`` (paper: 5); positive integer.
+        t2: predicted-IoU threshold of stage-2 candidates, in (0, 1] (paper: 0.5).
+        ignore_pred_negatives: ignore the uncompensated stage-1 negatives whose predicted IoU
+            reaches ``t2`` instead of treating them as background.
+        square_scale: side of the square prior boxes of anchor-free priors, in strides.
+        max_pairs: memory budget (prior x GT pairs per intermediate tensor).
+
+    Call: ``assigner(priors, gt, pred_boxes=(B, N, 4), pred_scores=(B, N, C))``; ``pred_scores``
+    is accepted for interface uniformity and unused.
+
+    Raises:
+        ValueError: a bad parameter (named), or missing / mis-shaped predictions.
+    """
+
+    requires_predictions = True
+
+    def __init__(
+        self,
+        t1: float = 0.35,
+        k: int = 5,
+        t2: float = 0.5,
+        ignore_pred_negatives: bool = False,
+        square_scale: float = 8.0,
+        max_pairs: int = DEFAULT_MAX_PAIRS,
+    ) -> None:
+        if not 0.0 < float(t1) <= 1.0:
+            raise ValueError(f"t1 must be in (0, 1], got {t1}")
+        if not 0.0 < float(t2) <= 1.0:
+            raise ValueError(f"t2 must be in (0, 1], got {t2}")
+        if int(k) != k or int(k) < 1:
+            raise ValueError(f"k must be a positive integer, got {k}")
+        if not float(square_scale) > 0:
+            raise ValueError(f"square_scale must be positive, got {square_scale}")
+        super().__init__(max_pairs)
+        self.t1 = float(t1)
+        self.k = int(k)
+        self.t2 = float(t2)
+        self.ignore_pred_negatives = bool(ignore_pred_negatives)
+        self.square_scale = float(square_scale)
+
+    def __call__(
+        self,
+        priors: Priors,
+        gt: GroundTruth,
+        pred_boxes: Tensor | None = None,
+        pred_scores: Tensor | None = None,
+        **_: Tensor,
+    ) -> Assignment:
+        check_predictions(priors, gt, pred_boxes, pred_scores, type(self).__name__)
+        B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
+        device, dtype = gt.boxes.device, gt.boxes.dtype
+        if G == 0 or N == 0:
+            res = Assignment.empty(B, N, device=device)
+            zeros = torch.zeros(B, N, dtype=torch.float32, device=device)
+            return res.replace(
+                extras={"compensated": torch.zeros(B, N, dtype=torch.bool, device=device),
+                        "overlaps": zeros, "anchor_iou": zeros.clone()}
+            )
+        anchors = priors.boxes(self.square_scale).to(dtype)  # (N, 4)
+        pboxes = _sanitize_pred_boxes(pred_boxes, dtype)  # (B, N, 4)
+        chunks = gt_chunks(B, G, N, self.max_pairs)
+
+        # ---- stage 1: prior -> best GT by anchor IoU (running argmax over GT chunks) ----------
+        best_iou = torch.full((B, N), -1.0, dtype=dtype, device=device)
+        best_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
+        for sl in chunks:
+            valid = gt.mask[:, sl, None]  # (B, g, 1)
+            iou = batched_box_iou(gt.boxes[:, sl], anchors)  # (B, g, N)
+            iou = torch.where(valid, iou, -1.0)
+            v, a = iou.max(dim=1)  # first max among equals -> lower GT index
+            upd = v > best_iou  # strict: earlier chunks win ties
+            best_iou = torch.where(upd, v, best_iou)
+            best_gt = torch.where(upd, a + sl.start, best_gt)
+        pos1 = best_iou >= self.t1  # (B, N)
+        gt1 = torch.where(pos1, best_gt, -1)
+        # M_g: stage-1 positives per GT, (B, G)
+        m = torch.zeros(B, G, dtype=torch.long, device=device)
+        m.scatter_add_(1, gt1.clamp(min=0), pos1.long())
+        neg1 = ~pos1
+
+        # ---- stage 2: per GT, best (K - M) stage-1 negatives by predicted IoU -----------------
+        kc = min(self.k, N)
+        rank = torch.arange(kc, device=device)
+        comp_iou = torch.full((B, N), -1.0, dtype=dtype, device=device)  # winning predicted IoU
+        comp_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
+        pos1_piou = torch.zeros(B, N, dtype=dtype, device=device)  # predicted IoU of stage-1 positives
+        max_piou = torch.zeros(B, N, dtype=dtype, device=device)  # best predicted IoU over valid GTs
+        for sl in chunks:
+            g = sl.stop - sl.start
+            valid = gt.mask[:, sl, None]  # (B, g, 1)
+            piou = batched_box_iou(gt.boxes[:, sl], pboxes)  # (B, g, N)
+            piou = torch.where(valid, torch.nan_to_num(piou, nan=0.0).clamp(0.0, 1.0), 0.0)
+            max_piou = torch.maximum(max_piou, piou.max(dim=1).values)
+            # stage-1 positives whose GT is in this chunk: their predicted IoU
+            local = gt1 - sl.start  # (B, N)
+            here = pos1 & (local >= 0) & (local < g)
+            got = piou.gather(1, local.clamp(0, g - 1)[:, None, :])[:, 0]  # (B, N)
+            pos1_piou = torch.where(here, got, pos1_piou)
+            # candidates of each GT, best kc of them
+            cand = neg1[:, None, :] & valid & (piou >= self.t2)  # (B, g, N)
+            score = torch.where(cand, piou, -1.0)
+            vals, idx = score.topk(kc, dim=2)  # (B, g, kc), sorted descending
+            need = (self.k - m[:, sl]).clamp(min=0)[..., None]  # (B, g, 1)
+            keep = (vals >= self.t2) & (rank < need)
+            sel = torch.zeros(B, g, N, dtype=torch.bool, device=device).scatter_(2, idx, keep)
+            v, a = torch.where(sel, piou, -1.0).max(dim=1)  # collisions -> higher predicted IoU
+            upd = v > comp_iou
+            comp_iou = torch.where(upd, v, comp_iou)
+            comp_gt = torch.where(upd, a + sl.start, comp_gt)
+
+        compensated = comp_iou >= self.t2  # only stage-1 negatives can be selected
+        gt_index = torch.where(pos1, gt1, torch.where(compensated, comp_gt, -1))
+        positive = gt_index >= 0
+        one = torch.ones((), dtype=dtype, device=device)
+        quality = torch.where(pos1, one, comp_iou.clamp(min=0.0))
+        overlaps = torch.where(pos1, pos1_piou, torch.where(compensated, comp_iou, 0.0))
+        ignore = None
+        if self.ignore_pred_negatives:
+            ignore = ~positive & (max_piou >= self.t2)
+        return Assignment.from_gt_index(
+            gt_index,
+            ignore=ignore,
+            quality=quality,
+            extras={
+                "compensated": compensated,
+                "overlaps": overlaps.float(),
+                "anchor_iou": best_iou.clamp(min=0.0).float(),
+            },
+        )

@@ -1,0 +1,181 @@
+"""Noisy-anchor assignment: soft labels and re-weighting from a cleanliness score.
+
+Li, Wu, Zhu, Xiong, Socher, Davis, "Learning from Noisy Anchors for One-stage Object Detection",
+CVPR 2020 (Sec. 3.1 "Cleanliness score", Sec. 3.2 "Re-weighting").
+
+The paper argues that hard IoU thresholds make many anchors *noisy* labels: an anchor just above
+the threshold may cover the object badly after regression, one just below may cover it well. So
+each GT gets a generous **candidate bag**, its top ``n`` priors by anchor IoU (``n = 50``), and
+every candidate is a positive whose targets are softened and whose losses are re-weighted by how
+"clean" it currently is. A prior in several bags goes to the GT with the higher anchor IoU (ties
+to the lower GT index); a prior in no bag is a negative. Only priors that actually overlap the GT
+(anchor IoU > 0) enter a bag, so a tiny GT does not recruit far-away priors to fill ``n`` slots.
+
+**Cleanliness (soft label)**, for candidate ``a`` of GT ``g`` with class ``y``::
+
+    c = alpha * IoU(pred_box_a, g) + (1 - alpha) * p_a(y)                      (Eq. 2)
+
+with ``p_a(y)`` the predicted probability of the GT's class. ``c`` in [0, 1] is the
+classification target (:attr:`Assignment.quality`); negatives keep target 0.
+
+**Re-weighting**, emphasising candidates that are already good (Eq. 4)::
+
+    r = (alpha * f(IoU(pred_box_a, g)) + (1 - alpha) * f(p_a(y))) ** gamma,   f(x) = 1 / (1 - x)
+
+``f`` is infinite at ``x = 1``; inputs are clamped to ``x <= 1 - eps`` (``eps = 1e-6`` by default,
+so ``f <= 1e6``). The weights are then normalised over the whole batch so that the positives'
+weights **average 1** (the sum of the loss weights equals the number of positives, as in the
+paper), and used both as ``box_weight`` and as ``cls_weight`` on the positives (negatives keep
+``cls_weight`` 1). The normalisation is done in log space, so a large ``gamma`` cannot overflow.
+
+Worked example (``alpha=0.75, gamma=1``), two positives in a batch::
+
+    candidate   pred IoU   p(y)   c = .75 IoU + .25 p        r = .75/(1-IoU) + .25/(1-p)
+    a           0.80       0.60   0.60 + 0.15   = 0.750       3.75  + 0.625 = 4.375
+    b           0.40       0.20   0.30 + 0.05   = 0.350       1.25  + 0.3125 = 1.5625
+    mean r = 2.96875  ->  weights a 1.4737, b 0.5263 (average 1)
+    quality (soft cls target): a 0.750, b 0.350
+
+Extras (all ``(B, N)``): ``"overlaps"`` predicted-box IoU of each positive with its GT,
+``"anchor_iou"`` anchor IoU of each positive with its GT, ``"scores"`` ``p(y)`` of each positive
+(0 elsewhere).
+
+Anchor-free priors are ranked with ``priors.boxes(square_scale)`` squares.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
+from ..core.boxes import aligned_box_iou, batched_box_iou
+from .base import Assigner, check_predictions
+
+__all__ = ["NoisyAnchorAssigner"]
+
+
+def _sanitize_pred_boxes(pred_boxes: Tensor, dtype: torch.dtype) -> Tensor:
+    """NaN/inf -> 0 and inverted boxes collapsed to zero size, so IoUs with a real GT are finite."""
+    pb = torch.nan_to_num(pred_boxes.detach().to(dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    lo = pb[..., :2]
+    return torch.cat([lo, torch.maximum(pb[..., 2:], lo)], dim=-1)
+
+
+class NoisyAnchorAssigner(Assigner):
+    """Candidate bags + cleanliness soft labels + re-weighting (see module docstring).
+
+    Args:
+        n: candidate bag size per GT (top-``n`` priors by anchor IoU); positive integer.
+        alpha: weight of localisation vs. classification in [0, 1] (paper: 0.75).
+        gamma: exponent of the re-weighting, >= 0 (paper: 1; 0 gives uniform weights).
+        eps: ``f`` inputs are clamped to ``<= 1 - eps``, in (0, 1).
+        square_scale: side of the square prior boxes of anchor-free priors, in strides.
+        max_pairs: memory budget (prior x GT pairs per intermediate tensor).
+
+    Call: ``assigner(priors, gt, pred_boxes=(B, N, 4), pred_scores=(B, N, C))`` with
+    ``pred_scores`` class *probabilities* (after sigmoid / softmax).
+
+    Raises:
+        ValueError: a bad parameter (named); missing / mis-shaped predictions; a valid GT label
+            outside ``[0, C)``.
+    """
+
+    requires_predictions = True
+
+    def __init__(
+        self,
+        n: int = 50,
+        alpha: float = 0.75,
+        gamma: float = 1.0,
+        eps: float = 1e-6,
+        square_scale: float = 8.0,
+        max_pairs: int = DEFAULT_MAX_PAIRS,
+    ) -> None:
+        if int(n) != n or int(n) < 1:
+            raise ValueError(f"n must be a positive integer, got {n}")
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if not float(gamma) >= 0.0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if not 0.0 < float(eps) < 1.0:
+            raise ValueError(f"eps must be in (0, 1), got {eps}")
+        if not float(square_scale) > 0:
+            raise ValueError(f"square_scale must be positive, got {square_scale}")
+        super().__init__(max_pairs)
+        self.n = int(n)
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+        self.eps = float(eps)
+        self.square_scale = float(square_scale)
+
+    def __call__(
+        self,
+        priors: Priors,
+        gt: GroundTruth,
+        pred_boxes: Tensor | None = None,
+        pred_scores: Tensor | None = None,
+        **_: Tensor,
+    ) -> Assignment:
+        check_predictions(priors, gt, pred_boxes, pred_scores, type(self).__name__)
+        B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
+        C = int(pred_scores.shape[-1])
+        device, dtype = gt.boxes.device, gt.boxes.dtype
+        if G == 0 or N == 0:
+            res = Assignment.empty(B, N, device=device)
+            z = torch.zeros(B, N, dtype=torch.float32, device=device)
+            return res.replace(extras={"overlaps": z, "anchor_iou": z.clone(), "scores": z.clone()})
+        bad = ((gt.labels < 0) | (gt.labels >= C)) & gt.mask
+        if bool(bad.any()):  # validation (one host sync)
+            raise ValueError(f"NoisyAnchorAssigner: GT labels must be in [0, {C}) (C from pred_scores)")
+        anchors = priors.boxes(self.square_scale).to(dtype)  # (N, 4)
+
+        # ---- candidate bags: top-n priors of each GT by anchor IoU, collisions to higher IoU ----
+        kn = min(self.n, N)
+        best_iou = torch.full((B, N), -1.0, dtype=dtype, device=device)
+        best_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
+        for sl in gt_chunks(B, G, N, self.max_pairs):
+            g = sl.stop - sl.start
+            valid = gt.mask[:, sl, None]  # (B, g, 1)
+            iou = torch.where(valid, batched_box_iou(gt.boxes[:, sl], anchors), -1.0)  # (B, g, N)
+            vals, idx = iou.topk(kn, dim=2)  # (B, g, kn)
+            bag = torch.zeros(B, g, N, dtype=torch.bool, device=device).scatter_(2, idx, vals > 0)
+            v, a = torch.where(bag, iou, -1.0).max(dim=1)  # first max -> lower GT index
+            upd = v > best_iou  # strict: earlier chunks win ties
+            best_iou = torch.where(upd, v, best_iou)
+            best_gt = torch.where(upd, a + sl.start, best_gt)
+        gt_index = best_gt  # -1 where the prior is in no bag
+        positive = gt_index >= 0
+        gi = gt_index.clamp(min=0)
+
+        # ---- cleanliness from the current predictions (B, N) ----------------------------------
+        gboxes = torch.gather(gt.boxes, 1, gi[..., None].expand(B, N, 4))
+        piou = aligned_box_iou(_sanitize_pred_boxes(pred_boxes, dtype), gboxes)
+        piou = torch.where(positive, torch.nan_to_num(piou, nan=0.0).clamp(0.0, 1.0), 0.0)
+        labels = torch.gather(gt.labels, 1, gi).clamp(0, C - 1)  # (B, N); padded rows may hold anything
+        prob = pred_scores.detach().to(dtype).gather(2, labels[..., None])[..., 0]
+        prob = torch.where(positive, torch.nan_to_num(prob, nan=0.0).clamp(0.0, 1.0), 0.0)
+        a = self.alpha
+        clean = a * piou + (1.0 - a) * prob  # (B, N) in [0, 1]
+
+        # ---- re-weighting, normalised to mean 1 over the batch's positives ---------------------
+        hi = 1.0 - self.eps
+        base = a / (1.0 - piou.clamp(max=hi)) + (1.0 - a) / (1.0 - prob.clamp(max=hi))  # >= 1
+        logr = self.gamma * torch.log(base)
+        mx = torch.where(positive, logr, float("-inf")).max()
+        mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+        e = torch.where(positive, torch.exp(logr - mx), 0.0)  # max is exactly 1 on a positive
+        count = positive.sum().to(dtype)
+        weight = e * (count / e.sum().clamp(min=1.0))
+
+        return Assignment.from_gt_index(
+            gt_index,
+            quality=clean.clamp(0.0, 1.0),
+            box_weight=weight,
+            cls_weight=torch.where(positive, weight, 1.0),
+            extras={
+                "overlaps": piou.float(),
+                "anchor_iou": torch.where(positive, best_iou, 0.0).float(),
+                "scores": prob.float(),
+            },
+        )
