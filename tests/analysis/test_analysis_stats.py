@@ -70,3 +70,28 @@ def test_matches_count_duplicates_and_multi_claimed():
     acc = StatsAccumulator(num_levels=2)
     acc.update(priors, gt, res)
     assert acc.summary()["multi_claimed_cells"] == 1  # prior 5 serves GT 0 and GT 1
+
+
+def test_plots_and_drawing_are_real_images(tmp_path):
+    import matplotlib.image as mpimg
+
+    from assignlab.analysis.draw import draw_assignment, draw_heatmaps
+    from assignlab.analysis.plots import plot_inspect
+
+    priors, gt, res = _fixture()
+    acc = StatsAccumulator(num_levels=2)
+    acc.update(priors, gt, res)
+    paths = plot_inspect({"a": acc.summary(), "b": acc.summary()}, tmp_path)
+    assert len(paths) == 4
+    for p in paths:
+        img = mpimg.imread(p)
+        assert img.shape[0] == 400 and img.shape[1] == 700  # 7x4 in at 100 dpi
+        assert img[..., :3].std() > 0.01  # not blank
+    image = torch.rand(3, 64, 64)
+    draw_assignment(image, priors, gt, res, b=0, title="t", out=str(tmp_path / "show.png"))
+    img = mpimg.imread(tmp_path / "show.png")
+    assert img.shape[1] == 840 and img.shape[0] > 300
+    scores = torch.zeros(20)
+    scores[5] = 1.0
+    draw_heatmaps(image, priors, scores, out=str(tmp_path / "heat.png"))
+    assert mpimg.imread(tmp_path / "heat.png").shape[1] == 840

@@ -1,0 +1,1 @@
+"""Tools to see assignment: statistics, drawings, anchors, the compare report."""
