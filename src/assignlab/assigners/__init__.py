@@ -10,12 +10,14 @@ from .base import Assigner
 from .centernet import CenterNetAssigner
 from .hambox import HAMBoxAssigner
 from .noisy_anchor import NoisyAnchorAssigner
+from .yolov5 import YOLOv5Assigner
 
 ASSIGNERS: dict[str, type[Assigner]] = {
     # "name": Class,
     "centernet": CenterNetAssigner,
     "hambox": HAMBoxAssigner,
     "noisy": NoisyAnchorAssigner,
+    "yolov5": YOLOv5Assigner,
 }
 
-__all__ = ["ASSIGNERS", "Assigner", "CenterNetAssigner", "HAMBoxAssigner", "NoisyAnchorAssigner"]
+__all__ = ["ASSIGNERS", "Assigner", "CenterNetAssigner", "HAMBoxAssigner", "NoisyAnchorAssigner", "YOLOv5Assigner"]
