@@ -1,0 +1,229 @@
+"""SimOTA: YOLOX's simplified optimal-transport assignment.
+
+Ge, Liu, Wang, Li, Sun, "YOLOX: Exceeding YOLO Series in 2021", arXiv:2107.08430 (2021), Sec. 2.2
+("SimOTA"), which simplifies OTA (Ge et al., CVPR 2021). For each GT ``g`` and candidate prior
+``n`` the pairwise cost is (YOLOX eq. 1)::
+
+    c[g, n] = cls_weight * L_cls(p_n, y_g) + iou_weight * -log(IoU(box_n, g) + eps) + P * [n not central to g]
+
+with ``L_cls`` the binary cross-entropy of the predicted class *probabilities* ``p_n`` (C
+classes) against the GT's one-hot label (summed over classes), and ``P`` a large penalty. Each
+GT then takes its ``k_g`` cheapest candidates, where the *dynamic k* is
+
+    k_g = max(1, int(sum of the top ``candidate_topk`` IoUs of g over all candidates)),
+
+and a prior chosen by several GTs keeps the one of lowest cost over *all* GTs.
+
+Two flavours (same algorithm, different geometry and constants):
+
+=================  ====================================  ======================================
+                   ``flavour="mmdet"`` (default)         ``flavour="yolox"``
+=================  ====================================  ======================================
+reference          mmdetection 3.3.0 ``SimOTAAssigner``  Megvii YOLOX ``get_assignments``
+centre region      ``center_radius`` strides (2.5)        ``center_radius`` strides (use 1.5)
+candidates         centre strictly inside *some* GT box   centre strictly inside *some* GT's
+                   or *some* GT's centre region          centre region
+penalty ``P``      1e5 unless in box AND in centre       1e6 unless in the centre region
+IoU eps            1e-7                                  1e-8
+=================  ====================================  ======================================
+
+:meth:`SimOTAAssigner.yolox` builds the YOLOX configuration (``center_radius=1.5``).
+
+Worked example (mmdet flavour, stride 8, ``center_radius=2.5``): a GT ``[100, 100, 140, 120]`` has
+its centre at (120, 110); the centre region is ``120 +- 20`` by ``110 +- 20``, i.e.
+``[100, 90, 140, 130]``. A prior at (104, 92) is in the centre region but not in the box (92 <
+100): it is a candidate, but its cost gets +1e5, so it is only chosen when ``k_g`` exceeds the
+number of priors that are both in the box and in the centre region. A prior at (132, 134) is in
+neither and is not a candidate of this GT (unless another GT makes it one, in which case it pays
+the penalty here too).
+
+Example tensors (one image, one GT, three candidates, ``candidate_topk=10``)::
+
+    ious  [[0.90, 0.60, 0.20]]   -> sum 1.70 -> k = 1
+    cost  [[0.80, 1.90, 5.30]]   -> the GT takes prior 0
+    gt_index [0, -1, -1]; quality [0.90, 0, 0]
+
+Outputs: ``gt_index``; ``quality`` = IoU of the positive's *predicted* box with its GT (the
+classification / objectness target mmdet's YOLOX head uses); ``box_weight`` 1 on positives.
+``extras["overlaps"]`` = the same IoU (0 off the positives), ``extras["candidates"]`` = the
+``(B, N)`` candidate mask. Ignore regions are not used (as in mmdet). An image with no real GT or
+no candidate is all negative.
+
+Everything is batched: ``(B, G)`` padded GTs, GT chunks under ``max_pairs`` (identical results).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
+from ._dynamic_k import (
+    DynamicKResolver,
+    aligned_iou,
+    dynamic_k_select,
+    gather_class_columns,
+    pairwise_iou,
+    prepare_scores,
+)
+from .base import Assigner, check_predictions
+
+__all__ = ["SimOTAAssigner"]
+
+_FLAVOURS = {
+    # flavour: (penalty, iou eps, candidates also from the box test)
+    "mmdet": (1e5, 1e-7, True),
+    "yolox": (1e6, 1e-8, False),
+}
+
+
+class SimOTAAssigner(Assigner):
+    """SimOTA dynamic-k assignment (YOLOX). See the module docstring.
+
+    Args:
+        center_radius: half size of the centre region, in strides of the prior's level.
+        candidate_topk: how many top IoUs are summed to get each GT's dynamic k.
+        iou_weight: weight of the ``-log(IoU)`` cost.
+        cls_weight: weight of the classification (BCE) cost.
+        flavour: ``"mmdet"`` (mmdetection 3.3.0) or ``"yolox"`` (the original YOLOX code).
+        penalty: cost added to non-central pairs; ``None`` takes the flavour's (1e5 / 1e6).
+        iou_eps: epsilon of ``-log(IoU + eps)``; ``None`` takes the flavour's (1e-7 / 1e-8).
+        scores_are: ``"probabilities"`` (mmdet / YOLOX pass probabilities) or ``"logits"``.
+        max_pairs: memory budget (prior x GT pairs per intermediate tensor).
+    """
+
+    requires_predictions = True
+
+    def __init__(
+        self,
+        center_radius: float = 2.5,
+        candidate_topk: int = 10,
+        iou_weight: float = 3.0,
+        cls_weight: float = 1.0,
+        flavour: str = "mmdet",
+        penalty: float | None = None,
+        iou_eps: float | None = None,
+        scores_are: str = "probabilities",
+        max_pairs: int = DEFAULT_MAX_PAIRS,
+    ) -> None:
+        super().__init__(max_pairs)
+        if not center_radius > 0:
+            raise ValueError(f"center_radius must be positive, got {center_radius}")
+        if int(candidate_topk) != candidate_topk or candidate_topk < 1:
+            raise ValueError(f"candidate_topk must be a positive integer, got {candidate_topk}")
+        if iou_weight < 0:
+            raise ValueError(f"iou_weight must be >= 0, got {iou_weight}")
+        if cls_weight < 0:
+            raise ValueError(f"cls_weight must be >= 0, got {cls_weight}")
+        if flavour not in _FLAVOURS:
+            raise ValueError(f"flavour must be one of {sorted(_FLAVOURS)}, got {flavour!r}")
+        if scores_are not in ("probabilities", "logits"):
+            raise ValueError(f"scores_are must be 'probabilities' or 'logits', got {scores_are!r}")
+        pen, eps, _ = _FLAVOURS[flavour]
+        if penalty is not None and not penalty > 0:
+            raise ValueError(f"penalty must be positive, got {penalty}")
+        if iou_eps is not None and not iou_eps > 0:
+            raise ValueError(f"iou_eps must be positive, got {iou_eps}")
+        self.center_radius = float(center_radius)
+        self.candidate_topk = int(candidate_topk)
+        self.iou_weight = float(iou_weight)
+        self.cls_weight = float(cls_weight)
+        self.flavour = flavour
+        self.penalty = float(pen if penalty is None else penalty)
+        self.iou_eps = float(eps if iou_eps is None else iou_eps)
+        self.scores_are = scores_are
+
+    @classmethod
+    def yolox(cls, **overrides) -> SimOTAAssigner:
+        """The original YOLOX configuration: ``flavour="yolox"``, ``center_radius=1.5``."""
+        kw = dict(center_radius=1.5, candidate_topk=10, iou_weight=3.0, cls_weight=1.0, flavour="yolox")
+        kw.update(overrides)
+        return cls(**kw)
+
+    # -- geometry -------------------------------------------------------------------------
+    def _geometry(self, priors: Priors, boxes: Tensor, gmask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(in_box, in_centre)`` ``(B, g, N)`` bool, False on padded rows."""
+        px, py = priors.points[:, 0], priors.points[:, 1]
+        x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # (B, g, 1)
+        in_box = torch.minimum(torch.minimum(px - x1, py - y1), torch.minimum(x2 - px, y2 - py)) > 0
+        cx = (x1 + x2) / 2.0
+        cy = (y1 + y2) / 2.0
+        r = self.center_radius * priors.strides.to(boxes.dtype)  # (N,)
+        in_ctr = torch.minimum(torch.minimum(px - (cx - r), py - (cy - r)), torch.minimum((cx + r) - px, (cy + r) - py)) > 0
+        m = gmask[:, :, None]
+        return in_box & m, in_ctr & m
+
+    def _pair_terms(self, in_box: Tensor, in_ctr: Tensor) -> tuple[Tensor, Tensor]:
+        """``(candidate contribution, central)`` of each pair for the current flavour."""
+        if _FLAVOURS[self.flavour][2]:
+            return in_box | in_ctr, in_box & in_ctr
+        return in_ctr, in_ctr
+
+    # -- main -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        priors: Priors,
+        gt: GroundTruth,
+        pred_boxes: Tensor | None = None,
+        pred_scores: Tensor | None = None,
+        **unused: Tensor,
+    ) -> Assignment:
+        check_predictions(priors, gt, pred_boxes, pred_scores, type(self).__name__)
+        B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
+        device = gt.device
+        probs, _ = prepare_scores(pred_scores, self.scores_are)
+        C = probs.shape[-1]
+        dtype = probs.dtype if probs.dtype == torch.float64 else torch.float32
+        probs = probs.to(dtype)
+        boxes_p = pred_boxes.detach().to(dtype)
+        gt_boxes = gt.boxes.to(dtype)
+        if G and bool(((gt.labels < 0) | (gt.labels >= C))[gt.mask].any()):
+            raise ValueError(f"SimOTAAssigner: a GT label is outside [0, {C}) (pred_scores has {C} classes)")
+        zeros_bn = torch.zeros(B, N, dtype=dtype, device=device)
+        if G == 0 or N == 0:
+            return Assignment.empty(B, N, device=device).replace(
+                extras={"overlaps": zeros_bn, "candidates": torch.zeros(B, N, dtype=torch.bool, device=device)}
+            )
+        chunks = gt_chunks(B, G, N, self.max_pairs)
+
+        # pass 1: candidate priors (union over the real GTs)
+        candidates = torch.zeros(B, N, dtype=torch.bool, device=device)
+        cache = None
+        for sl in chunks:
+            in_box, in_ctr = self._geometry(priors, gt_boxes[:, sl], gt.mask[:, sl])
+            cand, _ = self._pair_terms(in_box, in_ctr)
+            candidates |= cand.any(dim=1)
+            if len(chunks) == 1:
+                cache = (in_box, in_ctr)
+
+        # classification cost terms, per (image, prior, class): BCE against 0 and against 1
+        neg = F.binary_cross_entropy(probs, torch.zeros_like(probs), reduction="none")
+        pos = F.binary_cross_entropy(probs, torch.ones_like(probs), reduction="none")
+        neg_sum = neg.sum(dim=-1)  # (B, N): cost of a prior if every class were background
+        delta = (pos - neg).transpose(1, 2).contiguous()  # (B, C, N): swap one class to foreground
+
+        # pass 2: costs, dynamic k, running conflict resolution
+        resolver = DynamicKResolver(B, N, dtype, device)
+        for sl in chunks:
+            gmask = gt.mask[:, sl]
+            in_box, in_ctr = cache if cache is not None else self._geometry(priors, gt_boxes[:, sl], gmask)
+            _, central = self._pair_terms(in_box, in_ctr)
+            ious = pairwise_iou(gt_boxes[:, sl], boxes_p)  # (B, g, N)
+            iou_cost = -torch.log(ious + self.iou_eps)
+            cls_cost = neg_sum[:, None, :] + gather_class_columns(delta, gt.labels[:, sl])
+            cost = cls_cost * self.cls_weight + iou_cost * self.iou_weight + (~central) * self.penalty
+            selected, _ = dynamic_k_select(cost, ious, candidates, gmask, self.candidate_topk)
+            resolver.update(selected, cost, gmask, sl.start)
+            del in_box, in_ctr, central, ious, iou_cost, cls_cost, cost, selected
+
+        gt_index = resolver.gt_index()
+        positive = gt_index >= 0
+        assigned = torch.gather(gt_boxes, 1, gt_index.clamp(min=0)[..., None].expand(B, N, 4))
+        overlaps = torch.where(positive, aligned_iou(assigned, boxes_p), zeros_bn)
+        return Assignment.from_gt_index(
+            gt_index,
+            quality=overlaps,
+            extras={"overlaps": overlaps, "candidates": candidates},
+        )
