@@ -24,7 +24,7 @@ module              contents
 """
 
 from .bce import BCEWithLogitsLoss, bce_with_logits
-from .detection import DEFAULT_WEIGHTS, LOSSES, DetectionLoss, HeadOutputLike, build_cls_loss
+from .detection import DEFAULT_WEIGHTS, LOSS_PRESETS, LOSSES, DetectionLoss, HeadOutputLike, build_cls_loss
 from .focal import FocalLoss, sigmoid_focal_loss
 from .gfl import (
     DistributionFocalLoss,
@@ -77,6 +77,7 @@ __all__ = [
     "HeadOutputLike",
     "IoULoss",
     "LOSSES",
+    "LOSS_PRESETS",
     "LossBalanceMonitor",
     "MMDET_CIOU",
     "NORMALIZE_MODES",

@@ -56,7 +56,15 @@ from .reduce import ElementwiseLoss
 from .targets import classification_targets
 from .varifocal import VarifocalLoss
 
-__all__ = ["DEFAULT_WEIGHTS", "LOSSES", "DetectionLoss", "HeadOutputLike", "build_cls_loss"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "LOSSES",
+    "LOSS_PRESETS",
+    "V8_PRESET",
+    "DetectionLoss",
+    "HeadOutputLike",
+    "build_cls_loss",
+]
 
 #: Name -> classification loss class (the CLI's ``--cls-loss``).
 LOSSES: dict[str, type[ElementwiseLoss]] = {
@@ -69,6 +77,37 @@ LOSSES: dict[str, type[ElementwiseLoss]] = {
 #: Default part weights: Ultralytics' gains (box 7.5, cls 0.5, dfl 1.5) and YOLOv5's obj 1.0.
 DEFAULT_WEIGHTS = {"box": 7.5, "obj": 1.0, "cls": 0.5, "dfl": 1.5}
 PARTS = ("box", "obj", "cls", "dfl")
+
+#: ``DetectionLoss`` keyword arguments of YOLOv8's ``v8DetectionLoss`` (see :mod:`.ultralytics`).
+V8_PRESET = {
+    "cls_loss": "bce",
+    "box_loss": "ciou",
+    "obj_loss": False,
+    "weights": {"box": 7.5, "cls": 0.5, "dfl": 1.5, "obj": 0.0},
+    "normalize": "target_sum",
+    "ciou_kwargs": dict(ULTRALYTICS_CIOU),
+    "box_eps": ULTRALYTICS_CIOU["eps"],
+}
+
+
+def _yolov5_loss(**kwargs):
+    from .yolov5 import YOLOv5Loss
+
+    return YOLOv5Loss(**kwargs)
+
+
+#: Named loss configurations for the CLI / engine: a dict = ``DetectionLoss`` keyword arguments
+#: (the four classification losses with the defaults, and ``v8``), a callable = a factory of a
+#: loss with the same call signature (``yolov5``: :class:`~.yolov5.YOLOv5Loss`, which needs the
+#: many-to-many ``matches`` of the YOLOv5 assigner).
+LOSS_PRESETS: dict[str, object] = {
+    "bce": {"cls_loss": "bce"},
+    "focal": {"cls_loss": "focal"},
+    "qfl": {"cls_loss": "qfl"},
+    "vfl": {"cls_loss": "vfl"},
+    "v8": V8_PRESET,
+    "yolov5": _yolov5_loss,
+}
 
 
 class HeadOutputLike(Protocol):

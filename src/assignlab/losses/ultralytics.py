@@ -26,19 +26,17 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..core import Assignment, GroundTruth, Priors
-from .detection import DetectionLoss, HeadOutputLike
-from .iou import ULTRALYTICS_CIOU
+from .detection import V8_PRESET, DetectionLoss, HeadOutputLike
 
 __all__ = ["ULTRALYTICS_WEIGHTS", "V8DetectionLoss", "v8_detection_loss"]
 
 #: Ultralytics' default hyp gains.
-ULTRALYTICS_WEIGHTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "obj": 0.0}
+ULTRALYTICS_WEIGHTS = dict(V8_PRESET["weights"])
 
 
 def v8_detection_loss(**overrides) -> DetectionLoss:
     """A :class:`DetectionLoss` configured as ``v8DetectionLoss`` (keyword arguments override)."""
-    kw = dict(cls_loss="bce", box_loss="ciou", obj_loss=False, weights=dict(ULTRALYTICS_WEIGHTS),
-              normalize="target_sum", ciou_kwargs=dict(ULTRALYTICS_CIOU), box_eps=ULTRALYTICS_CIOU["eps"])
+    kw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in V8_PRESET.items()}
     kw.update(overrides)
     return DetectionLoss(**kw)
 
