@@ -1,0 +1,116 @@
+"""Detection data: dataset configs, readers (VOC, YOLO, COCO, WIDER FACE, synthetic), letterbox
+transforms and the batching loader.
+
+Usage::
+
+    from assignlab.data import load_data_config, build_dataset, build_loader
+
+    cfg = load_data_config("facemask.yaml")          # None -> the procedural synthetic dataset
+    train = build_dataset(cfg, "train", img_size=320, train=True, merge_classes=True)
+    loader = build_loader(train, batch_size=16, shuffle=True, workers=2, seed=0)
+    for batch in loader:                              # Batch: images (B,3,320,320), gt, meta
+        ...
+
+See :mod:`assignlab.data.dataset` for the bad-input policy (skip + count by default, errors with
+``strict=True``) and :mod:`assignlab.data.transforms` for the letterbox geometry.
+"""
+
+from __future__ import annotations
+
+from .coco import COCODataset
+from .config import (
+    FORMATS,
+    DataConfig,
+    DataConfigError,
+    SyntheticConfig,
+    data_config_from_dict,
+    load_data_config,
+)
+from .dataset import DatasetError, DetectionDataset, LabelError, LoadReport, Record, read_image
+from .loader import Batch, DetectionLoader, ImageMeta, build_loader, collate, to_original
+from .synthetic import SyntheticDataset
+from .transforms import DetectionTransform, Letterbox, LetterboxParams
+from .voc import VOCDataset
+from .widerface import WiderFaceDataset
+from .yolo import YOLODataset
+
+__all__ = [
+    "FORMATS",
+    "Batch",
+    "COCODataset",
+    "DataConfig",
+    "DataConfigError",
+    "DatasetError",
+    "DetectionDataset",
+    "DetectionLoader",
+    "DetectionTransform",
+    "ImageMeta",
+    "LabelError",
+    "Letterbox",
+    "LetterboxParams",
+    "LoadReport",
+    "Record",
+    "SyntheticConfig",
+    "SyntheticDataset",
+    "VOCDataset",
+    "WiderFaceDataset",
+    "YOLODataset",
+    "build_dataset",
+    "build_loader",
+    "collate",
+    "data_config_from_dict",
+    "load_data_config",
+    "read_image",
+    "to_original",
+]
+
+DATASETS = {
+    "voc": VOCDataset,
+    "yolo": YOLODataset,
+    "coco": COCODataset,
+    "widerface": WiderFaceDataset,
+}
+
+
+def build_dataset(
+    cfg: DataConfig | None,
+    split: str,
+    img_size: int,
+    train: bool,
+    merge_classes: bool = False,
+    strict: bool = False,
+    seed: int = 0,
+    **kwargs,
+) -> DetectionDataset:
+    """One split of a dataset.
+
+    Args:
+        cfg: from :func:`load_data_config` (``None`` = synthetic defaults).
+        split: ``train`` / ``val`` / ``test``.
+        img_size: letterbox side ``S`` of the returned images.
+        train: training augmentation (scale jitter + horizontal flip) and replacement of
+            undecodable images by the next one (evaluation uses a gray stand-in instead).
+        merge_classes: merge every class into one (also enabled by the config's
+            ``merge_classes``); ``names`` becomes ``[merge_name]``.
+        strict: raise on every file-level problem instead of skipping and counting it.
+        seed: the synthetic dataset's seed when its config has none (other formats ignore it).
+        **kwargs: ``scale_range`` / ``flip_p`` for the training transform.
+    """
+    if cfg is None:
+        cfg = DataConfig()
+    merge = bool(merge_classes or cfg.merge_classes)
+    if cfg.format == "synthetic":
+        return SyntheticDataset(
+            cfg.synthetic,
+            split,
+            img_size,
+            train,
+            merge_classes=merge,
+            strict=strict,
+            seed=seed,
+            names=cfg.names,
+            **kwargs,
+        )
+    if cfg.format not in DATASETS:
+        raise DataConfigError(f"unknown format {cfg.format!r}; allowed: {', '.join(FORMATS)}")
+    return DATASETS[cfg.format](cfg, split, img_size, train, merge_classes=merge, strict=strict, **kwargs)
