@@ -263,11 +263,11 @@ class Detector(nn.Module):
         }
 
     @classmethod
-    def load(cls, path: str, map_location: str | torch.device = "cpu", key: str = "model") -> Detector:
+    def load(cls, path: str, map_location: str | torch.device = "cpu", use_ema: bool = True) -> Detector:
         """Rebuild a model from a checkpoint (see :func:`assignlab.models.predictor.load_detector`)."""
         from .predictor import load_detector
 
-        return load_detector(path, map_location=map_location, key=key)
+        return load_detector(path, map_location=map_location, use_ema=use_ema)
 
     def predict(self, images: Any, img_size: int | None = None, conf: float = 0.25, iou: float = 0.5,
                 max_det: int = 300) -> list[dict[str, Any]]:
