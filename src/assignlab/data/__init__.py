@@ -93,7 +93,8 @@ def build_dataset(
         merge_classes: merge every class into one (also enabled by the config's
             ``merge_classes``); ``names`` becomes ``[merge_name]``.
         strict: raise on every file-level problem instead of skipping and counting it.
-        seed: the synthetic dataset's seed when its config has none (other formats ignore it).
+        seed: seed of the training augmentation (per sample: ``(seed, epoch, index)``, see
+            ``DetectionDataset.set_epoch``) and of the synthetic images when their config has none.
         **kwargs: ``scale_range`` / ``flip_p`` for the training transform.
     """
     if cfg is None:
@@ -113,4 +114,6 @@ def build_dataset(
         )
     if cfg.format not in DATASETS:
         raise DataConfigError(f"unknown format {cfg.format!r}; allowed: {', '.join(FORMATS)}")
-    return DATASETS[cfg.format](cfg, split, img_size, train, merge_classes=merge, strict=strict, **kwargs)
+    return DATASETS[cfg.format](
+        cfg, split, img_size, train, merge_classes=merge, strict=strict, seed=seed, **kwargs
+    )

@@ -201,6 +201,7 @@ class DetectionDataset(Dataset):
         name: str = "",
         scale_range: tuple[float, float] = (0.5, 1.5),
         flip_p: float = 0.5,
+        seed: int = 0,
     ) -> None:
         if img_size < 1:
             raise ValueError(f"img_size must be >= 1, got {img_size}")
@@ -219,6 +220,20 @@ class DetectionDataset(Dataset):
         self.records: list[Record] = []
         self.transform = DetectionTransform(img_size, train=train, scale_range=scale_range, flip_p=flip_p)
         self._coco_gt: dict | None = None
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training augmentation of sample ``i`` is drawn from a generator seeded with
+        ``(seed, epoch, i)``: reproducible whatever the number of workers; new each epoch."""
+        self.epoch = int(epoch)
+
+    def _generator(self, i: int) -> torch.Generator | None:
+        if not self.train:
+            return None
+        g = torch.Generator()
+        g.manual_seed(((self.seed * 1_000_003 + self.epoch) * 1_000_033 + i) % (2**63 - 1))
+        return g
 
     @property
     def num_classes(self) -> int:
@@ -440,7 +455,7 @@ class DetectionDataset(Dataset):
                 if self.strict:
                     raise DatasetError(msg) from e
                 return self._replacement(i, rec, msg, attempts)
-            return self._sample(image, self.load_annotations(i), rec)
+            return self._sample(image, self.load_annotations(i), rec, i)
         except DatasetError:
             raise
         except Exception as e:
@@ -465,12 +480,14 @@ class DetectionDataset(Dataset):
             "ignore": ann["ignore"][:0],
             "ignore_labels": ann["ignore_labels"][:0],
         }
-        image, target = self._sample(gray, ann, rec)
+        image, target = self._sample(gray, ann, rec, i)
         target["meta"].error = f"{msg}; replaced by a gray image without boxes"
         return image, target
 
-    def _sample(self, image: Tensor, ann: dict, rec: Record) -> tuple[Tensor, dict]:
-        out = self.transform(image, ann["boxes"], ann["labels"], ann["ignore"], ann["ignore_labels"])
+    def _sample(self, image: Tensor, ann: dict, rec: Record, index: int) -> tuple[Tensor, dict]:
+        out = self.transform(
+            image, ann["boxes"], ann["labels"], ann["ignore"], ann["ignore_labels"], self._generator(index)
+        )
         meta = ImageMeta(
             path=rec.path,
             image_id=rec.image_id,

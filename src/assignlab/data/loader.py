@@ -158,7 +158,8 @@ def build_loader(
 ) -> DetectionLoader:
     """A seeded DataLoader over a detection dataset, yielding :class:`Batch`.
 
-    Shuffling order and the workers' random streams (augmentation) derive from ``seed``. With
+    Shuffling order and the workers' random streams derive from ``seed`` (the datasets' own
+    augmentation is seeded per sample, see ``DetectionDataset.set_epoch``). With
     ``distributed=True`` a :class:`DistributedSampler` splits the data across ranks; call
     ``loader.set_epoch(epoch)`` each epoch.
     """
@@ -182,5 +183,4 @@ def build_loader(
         drop_last=drop_last,
         generator=g,
         worker_init_fn=_seed_worker if workers > 0 else None,
-        persistent_workers=workers > 0,
     )

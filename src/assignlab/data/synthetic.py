@@ -209,10 +209,10 @@ class SyntheticDataset(DetectionDataset):
             merge_classes=merge_classes,
             merge_name="object",
             name=f"synthetic/{split}",
+            seed=int(cfg.seed if cfg.seed is not None else seed),
             **kwargs,
         )
         self.cfg = cfg
-        self.seed = int(cfg.seed if cfg.seed is not None else seed)
         s = cfg.image_size if cfg.image_size is not None else img_size
         self.image_shape: tuple[int, int] = (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
         self._n = cfg.num_images(split)

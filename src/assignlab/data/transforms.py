@@ -14,8 +14,9 @@ Worked example: a 200 x 100 (h x w) image, ``S = 64``::
 
 **Training** adds scale jitter (``scale *= U(lo, hi)``, default ``(0.5, 1.5)``) with a random
 placement of the resized image on the canvas (a negative pad crops), and a horizontal flip with
-probability ``flip_p``. Randomness comes from torch's global generator (seeded per DataLoader
-worker by :func:`build_loader`).
+probability ``flip_p``. Datasets draw these choices from a generator seeded with
+``(seed, epoch, index)`` (see ``DetectionDataset.set_epoch``), so augmentation does not depend on
+the number of DataLoader workers.
 
 After the geometric steps boxes are clamped to the canvas; a box whose clamped area is zero, or
 less than ``min_visible`` (10 %) of its area before clamping (mostly cropped away by the jitter),
@@ -69,19 +70,20 @@ class Letterbox(v2.Transform):
         self.size = int(size)
         self.scale_range = scale_range
 
-    def params_for(self, orig_size: tuple[int, int]) -> LetterboxParams:
+    def params_for(self, orig_size: tuple[int, int], generator: torch.Generator | None = None) -> LetterboxParams:
+        """Letterbox parameters for an image of ``orig_size = (h, w)`` (random when jittering)."""
         h, w = orig_size
         S = self.size
         scale = min(S / h, S / w)
         if self.scale_range is not None:
             lo, hi = self.scale_range
-            scale *= lo + (hi - lo) * float(torch.rand(()))
+            scale *= lo + (hi - lo) * float(torch.rand((), generator=generator))
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         if self.scale_range is None:
             px, py = (S - nw) // 2, (S - nh) // 2
         else:
-            px = int(torch.randint(min(0, S - nw), max(0, S - nw) + 1, ()))
-            py = int(torch.randint(min(0, S - nh), max(0, S - nh) + 1, ()))
+            px = int(torch.randint(min(0, S - nw), max(0, S - nw) + 1, (), generator=generator))
+            py = int(torch.randint(min(0, S - nh), max(0, S - nh) + 1, (), generator=generator))
         return LetterboxParams(scale=scale, pad=(px, py), resized=(nh, nw), size=S)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
@@ -167,8 +169,12 @@ class DetectionTransform:
         labels: Tensor,
         ignore: Tensor | None = None,
         ignore_labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> TransformOutput:
-        """``image`` (3, h, w) uint8 or float; ``boxes`` (G, 4) xyxy original px."""
+        """``image`` (3, h, w) uint8 or float; ``boxes`` (G, 4) xyxy original px.
+
+        ``generator`` drives the random choices (torch's global generator when None).
+        """
         h, w = int(image.shape[-2]), int(image.shape[-1])
         img = tv_tensors.Image(image)
         bx = tv_tensors.BoundingBoxes(
@@ -182,9 +188,9 @@ class DetectionTransform:
         )
         if ignore_labels is None:
             ignore_labels = torch.zeros(len(ig), dtype=torch.long)
-        params = self.letterbox.make_params([img])
+        params = {"lb": self.letterbox.params_for((h, w), generator)}
         img, bx, ig = (self.letterbox.transform(x, params) for x in (img, bx, ig))
-        flipped = bool(self.train and self.flip_p > 0 and float(torch.rand(())) < self.flip_p)
+        flipped = bool(self.train and self.flip_p > 0 and float(torch.rand((), generator=generator)) < self.flip_p)
         if flipped:
             img, bx, ig = F.horizontal_flip(img), F.horizontal_flip(bx), F.horizontal_flip(ig)
         # clamp to the canvas, then drop what became empty / mostly cut away
