@@ -110,10 +110,17 @@ from ..core import (
     gt_chunks,
     select_best_per_prior,
 )
-from ..core.boxes import aligned_box_iou, batched_box_iou
+from ..core.boxes import aligned_box_iou
 from .base import Assigner
 
-__all__ = ["YOLOV5S_ANCHORS", "YOLOv5Assigner", "YOLOv5Targets", "grid_xywh", "yolov5_targets"]
+__all__ = [
+    "YOLOV5S_ANCHORS",
+    "YOLOv5Assigner",
+    "YOLOv5Targets",
+    "grid_xywh",
+    "max_iou_over_gts",
+    "yolov5_targets",
+]
 
 #: The yolov5s default anchors (w, h) in pixels for strides 8, 16, 32.
 YOLOV5S_ANCHORS = (
@@ -180,6 +187,33 @@ def _wh_iou(wh1: Tensor, wh2: Tensor) -> Tensor:
     inter = torch.minimum(wh1[..., 0], wh2[..., 0]) * torch.minimum(wh1[..., 1], wh2[..., 1])
     union = wh1[..., 0] * wh1[..., 1] + wh2[..., 0] * wh2[..., 1] - inter
     return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
+
+
+def max_iou_over_gts(gt_boxes: Tensor, gt_mask: Tensor, boxes: Tensor, max_pairs: int = DEFAULT_MAX_PAIRS) -> Tensor:
+    """``(B, N)`` highest IoU of each box ``(B, N, 4)`` with the valid GTs ``(B, G, 4)`` of its image
+    (0 without GTs). Same formula as :func:`~assignlab.core.boxes.batched_box_iou`, fused in place
+    and walked in small GT chunks (at most ``max_pairs`` pairs, ~2M for cache locality); the
+    running max makes every chunking give identical values.
+    """
+    B, N = boxes.shape[:2]
+    out = boxes.new_zeros(B, N)
+    boxes = torch.nan_to_num(boxes)  # sanitize once: no NaN, no inverted boxes -> union >= GT area
+    boxes = torch.cat([boxes[..., :2], torch.maximum(boxes[..., 2:], boxes[..., :2])], -1)
+    px1, py1, px2, py2 = (t[:, None, :] for t in boxes.unbind(-1))
+    parea = (px2 - px1) * (py2 - py1)
+    step_budget = min(max_pairs, 2**21)
+    for sl in gt_chunks(B, gt_boxes.shape[1], N, step_budget):
+        if sl.stop <= sl.start:
+            continue
+        gx1, gy1, gx2, gy2 = (t[..., None] for t in gt_boxes[:, sl].unbind(-1))
+        garea = (gx2 - gx1) * (gy2 - gy1)
+        w = torch.minimum(gx2, px2).sub_(torch.maximum(gx1, px1)).clamp_(min=0)
+        h = torch.minimum(gy2, py2).sub_(torch.maximum(gy1, py1)).clamp_(min=0)
+        inter = w.mul_(h)
+        iou = inter.div((garea + parea).sub_(inter))
+        iou = iou.masked_fill_(~gt_mask[:, sl, None], 0.0)  # padded GTs (0 / 0 included)
+        out = torch.maximum(out, iou.amax(1))
+    return out
 
 
 class YOLOv5Assigner(Assigner):
@@ -362,20 +396,23 @@ class YOLOv5Assigner(Assigner):
         ignore = None
         extras: dict[str, Tensor] = {}
         if self.ignore_iou is not None:
-            max_iou = pred_boxes.new_zeros(B, N)
-            for sl in gt_chunks(B, gt.max_boxes, N, self.max_pairs):
-                iou = batched_box_iou(gt.boxes[:, sl].float(), pred_boxes)  # (B, g, N)
-                iou = torch.nan_to_num(iou).masked_fill(~gt.mask[:, sl, None], 0.0)
-                if iou.shape[1]:
-                    max_iou = torch.maximum(max_iou, iou.amax(1))
+            max_iou = max_iou_over_gts(gt.boxes.float(), gt.mask, pred_boxes, self.max_pairs)
             ignore = max_iou > self.ignore_iou
             extras["pred_max_iou"] = max_iou
 
         res = dense_from_matches(matches, B, N, score=dense_score, ignore=ignore)
-        tb = res.target_boxes(gt).float()
-        ref = pred_boxes if self.dedup == "best_pred_iou" else priors.anchors.to(tb.device)[None].expand(B, N, 4)
-        ov = torch.nan_to_num(aligned_box_iou(ref, tb, eps=1e-9))
-        extras["overlaps"] = torch.where(res.positive, ov, torch.zeros_like(ov))
+        # overlaps: IoU per match row, scattered where the row's GT is the prior's dense GT (rows
+        # sharing (image, prior, GT) have equal IoU; the others write 0, which amax ignores)
+        b, p, g = matches.batch, matches.prior, matches.gt
+        if self.dedup == "best_pred_iou":
+            ov_rows = matches.score
+        else:
+            anchors = priors.anchors.to(gt.device)
+            ov_rows = torch.nan_to_num(aligned_box_iou(anchors[p], gt.boxes[b, g].float(), eps=1e-9))
+        chosen = res.gt_index[b, p] == g
+        overlaps = torch.zeros(B * N, dtype=torch.float32, device=gt.device)
+        overlaps.scatter_reduce_(0, b * N + p, torch.where(chosen, ov_rows.float(), 0.0), reduce="amax")
+        extras["overlaps"] = overlaps.view(B, N)
         extras["num_matches"] = torch.bincount(matches.batch, minlength=B)[:B]
         extras["num_recovered"] = recovered.sum(1)
         extras["recovered"] = recovered
