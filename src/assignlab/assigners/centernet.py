@@ -260,5 +260,5 @@ class CenterNetAssigner(Assigner):
         overlaps = torch.where(positive, torch.nan_to_num(aligned_box_iou(pboxes, gboxes), nan=0.0), 0.0)
         return Assignment.from_gt_index(
             gt_index,
-            extras={"heatmap": heat.permute(0, 2, 1).float(), "overlaps": overlaps.float()},
+            extras={"heatmap": heat.permute(0, 2, 1).contiguous().float(), "overlaps": overlaps.float()},
         )
