@@ -154,3 +154,36 @@ def test_ciou_local_frame_is_translation_invariant():
     shift = torch.tensor([[1000.0, -500.0, 1000.0, -500.0]], dtype=torch.float64)
     assert complete_iou(a, b).item() == pytest.approx(complete_iou(a + shift, b + shift).item(), abs=1e-12)
     assert isinstance(Assignment, type)
+
+
+@pytest.mark.parametrize("scenario", ["saturated", "zero_area_pred", "no_gt", "all_ignored"])
+def test_yolov5_loss_finite_with_the_yolov5_assigner(scenario):
+    from assignlab.assigners.yolov5 import YOLOV5S_ANCHORS, YOLOv5Assigner
+
+    pri = make_priors((64, 64), anchors=YOLOV5S_ANCHORS)
+    B, N, C = 2, pri.num_priors, 3
+    if scenario == "no_gt":
+        gt = GroundTruth.empty(B)
+    else:
+        gt = GroundTruth.from_lists([torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 50.0]]),
+                                     torch.tensor([[10.0, 10.0, 20.0, 16.0]])],
+                                    [torch.tensor([0, 2]), torch.tensor([1])])
+    a = YOLOv5Assigner()(pri, gt)
+    if scenario == "all_ignored":
+        a = a.replace(ignore=~a.positive)
+    g = torch.Generator().manual_seed(0)
+    sign = torch.where(torch.rand(B, N, C + 1, generator=g) > 0.5, 30.0, -30.0)
+    if scenario != "saturated":
+        sign = sign / 30
+    cls = sign[..., :C].clone().requires_grad_(True)
+    obj = sign[..., C].clone().requires_grad_(True)
+    xy = torch.rand(B, N, 2, generator=g) * 60
+    wh = torch.zeros(B, N, 2) if scenario == "zero_area_pred" else 1 + torch.rand(B, N, 2, generator=g) * 20
+    pred = torch.cat([xy, xy + wh], -1).requires_grad_(True)
+    head = Head(cls=cls, box=torch.zeros(B, N, 4), obj=obj)
+    total, items = YOLOv5Loss()(head, pred, pri, gt, a)
+    assert torch.isfinite(total) and all(torch.isfinite(v) for v in items.values())
+    for gr in torch.autograd.grad(total, [cls, obj, pred], allow_unused=True):
+        assert gr is None or torch.isfinite(gr).all()
+    if scenario != "no_gt":
+        assert len(a.matches) > 0 and items["box"] > 0

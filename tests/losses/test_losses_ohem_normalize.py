@@ -113,3 +113,13 @@ def test_loss_balance_monitor():
     assert e.report()["box"] == pytest.approx(0.01)
     msgs = e.warnings()
     assert any("'cls'" in s for s in msgs) and any("'box'" in s for s in msgs)
+
+
+def test_loss_balance_monitor_late_and_zero_parts():
+    m = LossBalanceMonitor()
+    m.update({"box": 2.0})
+    m.update({"box": 4.0, "dfl": 1.0, "obj": 0.0})  # dfl first seen now; obj always 0
+    r = m.report()
+    assert r["box"] == 3.0 and r["dfl"] == 1.0 and r["obj"] == 0.0 and r["steps"] == 2
+    assert r["ratio/dfl"] == 0.25
+    assert not any("'obj'" in s for s in m.warnings())  # a part that is off is not a warning

@@ -132,16 +132,18 @@ class LossBalanceMonitor:
 
     def reset(self) -> None:
         self._avg: dict[str, Tensor] = {}
+        self._count: dict[str, int] = {}
         self.steps = 0
 
     def update(self, parts: dict[str, Tensor | float]) -> None:
         self.steps += 1
         for k, v in parts.items():
             t = v.detach().float() if isinstance(v, Tensor) else torch.tensor(float(v))
+            n = self._count[k] = self._count.get(k, 0) + 1
             if k not in self._avg:
                 self._avg[k] = t.clone()
             elif self.momentum is None:
-                self._avg[k] = self._avg[k] + (t - self._avg[k]) / self.steps
+                self._avg[k] = self._avg[k] + (t - self._avg[k]) / n
             else:
                 self._avg[k] = self.momentum * self._avg[k] + (1 - self.momentum) * t
 
@@ -160,7 +162,7 @@ class LossBalanceMonitor:
         ``1 - warn_ratio`` of the total while others are non-zero)."""
         rep = self.report()
         msgs = []
-        names = [k for k in self._avg]
+        names = [k for k in self._avg if rep[k] != 0 or rep["total"] == 0]
         for k in names:
             r = rep[f"ratio/{k}"]
             if len(names) > 1 and r > self.warn_ratio:
