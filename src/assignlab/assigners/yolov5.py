@@ -318,16 +318,19 @@ class YOLOv5Assigner(Assigner):
             cand[..., k0] |= forced
         p, lvl, a, k = cand.nonzero(as_tuple=True)
 
-        gxy_m = gxy[p, lvl]
+        # one gather per table (flat index_select is much cheaper than multi-dim indexing)
+        feat = torch.cat([gxy, gwh, centre.float()], -1).view(P * L, 6).index_select(0, p * L + lvl)
+        gxy_m, gwh_m, ctr_m = feat[:, :2], feat[:, 2:4], feat[:, 4:].long()
+        lvt = torch.cat([lv.grid, lv.start[:, None], lv.num_anchors[:, None]], 1).index_select(0, lvl)
+        off = offsets.index_select(0, k)
         if self.adaptive_radius:
-            gij = centre[p, lvl] + offsets[k]
+            gij = ctr_m + off
         else:
-            gij = (gxy_m - offsets[k]).long()  # truncation, as the reference's .long()
-        nx_m = lv.grid[lvl]
-        gij = torch.minimum(gij.clamp(min=0), nx_m - 1)  # in-place clamp in the reference
+            gij = (gxy_m - off).long()  # truncation, as the reference's .long()
+        gij = torch.minimum(gij.clamp(min=0), lvt[:, :2] - 1)  # in-place clamp in the reference
         gi, gj = gij[:, 0], gij[:, 1]
-        prior = lv.start[lvl] + (gj * nx_m[:, 0] + gi) * lv.num_anchors[lvl] + a
-        is_ctr = (gij == centre[p, lvl]).all(1)
+        prior = lvt[:, 2] + (gj * lvt[:, 0] + gi) * lvt[:, 3] + a
+        is_ctr = (gij == ctr_m).all(1)
         if self.distance_weighting:
             cf = gij.float()
             d = torch.maximum(torch.maximum(cf - gxy_m, gxy_m - cf - 1), torch.zeros_like(gxy_m)).amax(1)
@@ -335,7 +338,7 @@ class YOLOv5Assigner(Assigner):
             weight = (1 - d / scale).clamp(0, 1)
         else:
             weight = torch.ones_like(gxy_m[:, 0])
-        score = _wh_iou(gwh[p, lvl], lv.anchors[lvl, a])
+        score = _wh_iou(gwh_m, lv.anchors.view(L * A, 2).index_select(0, lvl * A + a))
         return {"pair": p, "prior": prior, "weight": weight, "center": is_ctr, "score": score,
                 "recovered": recovered}
 
