@@ -4,9 +4,9 @@
 kind     similarity                                                                 paper
 =======  =========================================================================  ==========
 iou      ``IoU = inter / (union + eps)``                                            (Yu et al., ACM MM 2016, UnitBox)
-giou     ``IoU - (C - union) / C``, ``C`` = area of the smallest enclosing box      Rezatofighi et al., CVPR 2019, eq. 2
-diou     ``IoU - rho^2 / c^2``, ``rho`` = centre distance, ``c`` = enclosing diag.  Zheng et al., AAAI 2020, eq. 6
-ciou     ``DIoU - alpha * v``, ``v = 4/pi^2 (atan(wg/hg) - atan(w/h))^2``,          Zheng et al., AAAI 2020, eqs. 9-11
+giou     ``IoU - (C - union) / C``, ``C`` = area of the smallest enclosing box      Rezatofighi et al., CVPR 2019
+diou     ``IoU - rho^2 / c^2``, ``rho`` = centre distance, ``c`` = enclosing diag.  Zheng et al., AAAI 2020
+ciou     ``DIoU - alpha * v``, ``v = 4/pi^2 (atan(wg/hg) - atan(w/h))^2``,          Zheng et al., AAAI 2020
          ``alpha = v / ((1 - IoU) + v)`` (treated as a constant, no gradient)
 =======  =========================================================================  ==========
 
