@@ -78,6 +78,9 @@ Variants (all off by default, composable):
   centre cell (ties: lowest level, then anchor). ``extras["num_recovered"]`` ``(B,)`` counts them.
   Recovery happens before deduplication.
 
+GT ignore regions (``gt.ignore``) are not used (YOLOv5 has none); padded / invalid GT rows
+(``gt.mask`` False) never match.
+
 Extras: ``"overlaps"`` (B, N) IoU of each dense positive's anchor box (or, with
 ``dedup="best_pred_iou"``, predicted box) with its GT; ``"num_matches"`` (B,) rows per image;
 ``"num_recovered"`` (B,); ``"recovered"`` (B, G) bool; ``"pred_max_iou"`` (B, N) when
@@ -160,12 +163,12 @@ def _levels(priors: Priors, device: torch.device) -> _Levels:
         valid[li, : len(la)] = True
     strides = torch.tensor(priors.level_strides, dtype=torch.float32)
     anchors = anchors_px / strides[:, None, None]  # float32 division, as Detect.anchors /= stride
-    valid_px = torch.where(valid[..., None], anchors, torch.ones_like(anchors))
+    anchors = torch.where(valid[..., None], anchors, torch.ones_like(anchors))  # padding: 1 x 1
     grid = torch.tensor([[c, r] for r, c in priors.level_shapes], dtype=torch.long)
     start = torch.tensor([0, *priors.num_level_priors[:-1]], dtype=torch.long).cumsum(0)
     na = torch.tensor(priors.num_anchors, dtype=torch.long)
     return _Levels(
-        strides.to(device), valid_px.to(device), valid.to(device), grid.to(device), start.to(device), na.to(device)
+        strides.to(device), anchors.to(device), valid.to(device), grid.to(device), start.to(device), na.to(device)
     )
 
 
