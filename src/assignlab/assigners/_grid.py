@@ -117,13 +117,28 @@ def sanitize_gt(gt: GroundTruth, dtype: torch.dtype) -> tuple[Tensor, Tensor, Te
     return boxes, area, valid
 
 
-def level_iou(prior_boxes: Tensor, prior_area: Tensor, lay: LevelLayout, gt_boxes: Tensor, gt_area: Tensor) -> Tensor:
+def level_iou(
+    prior_boxes: Tensor,
+    prior_area: Tensor,
+    lay: LevelLayout,
+    gt_boxes: Tensor,
+    gt_area: Tensor,
+    out: Tensor | None = None,
+    work: Tensor | None = None,
+) -> Tensor:
     """IoU ``(B, n, g)`` between the level's priors and a GT chunk ``(B, g, 4)`` (areas ``(B, g)``).
 
     ``inter / (area_gt + area_prior - inter)`` with torchvision's operation order (bit-identical to
-    :func:`~assignlab.core.boxes.batched_box_iou`, transposed)."""
+    :func:`~assignlab.core.boxes.batched_box_iou`, transposed). ``out`` / ``work``: optional
+    contiguous buffers of at least ``B * n * g`` elements (result / scratch), so that a caller
+    walking several levels and chunks does not pay for fresh allocations each time.
+    """
     B, g = gt_boxes.shape[:2]
-    dev = prior_boxes.device
+    n = lay.n
+    dev, dtype = prior_boxes.device, prior_boxes.dtype
+    size = B * n * g
+    out = torch.empty(size, dtype=dtype, device=dev) if out is None else out[:size]
+    work = torch.empty(size, dtype=dtype, device=dev) if work is None else work[:size]
     gx1, gy1, gx2, gy2 = (gt_boxes[..., i].reshape(B, 1, 1, g) for i in range(4))
     if lay.grid:
         xb = prior_boxes[lay.col_priors(dev)].reshape(1, lay.cols, lay.na, 4)
@@ -132,14 +147,16 @@ def level_iou(prior_boxes: Tensor, prior_area: Tensor, lay: LevelLayout, gt_boxe
         wx = (torch.minimum(gx2, xb[..., 2, None]) - torch.maximum(gx1, xb[..., 0, None])).clamp_(min=0)
         wy = (torch.minimum(gy2, yb[..., 3, None]) - torch.maximum(gy1, yb[..., 1, None])).clamp_(min=0)
         # (B, 1, cols, na, g) * (B, rows, 1, na, g) -> (B, rows, cols, na, g) = prior order
-        inter = (wx[:, None] * wy[:, :, None]).reshape(B, lay.n, g)
+        torch.mul(wx[:, None], wy[:, :, None], out=out.view(B, lay.rows, lay.cols, lay.na, g))
     else:
-        pb = prior_boxes[lay.slice].reshape(1, lay.n, 1, 4)
+        pb = prior_boxes[lay.slice].reshape(1, n, 1, 4)
         gx1, gy1, gx2, gy2 = (t.reshape(B, 1, g) for t in (gx1, gy1, gx2, gy2))
         wx = (torch.minimum(gx2, pb[..., 2]) - torch.maximum(gx1, pb[..., 0])).clamp_(min=0)
         wy = (torch.minimum(gy2, pb[..., 3]) - torch.maximum(gy1, pb[..., 1])).clamp_(min=0)
-        inter = wx.mul_(wy)
-    union = gt_area.reshape(B, 1, g) + prior_area[lay.slice].reshape(1, lay.n, 1)
+        torch.mul(wx, wy, out=out.view(B, n, g))
+    inter = out.view(B, n, g)
+    union = work.view(B, n, g)
+    torch.add(gt_area.reshape(B, 1, g), prior_area[lay.slice].reshape(1, n, 1), out=union)
     union.sub_(inter)
     return inter.div_(union)
 

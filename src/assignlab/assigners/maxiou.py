@@ -150,13 +150,19 @@ class MaxIoUAssigner(Assigner):
         lq_gt = torch.full((B, N), -1, dtype=torch.long, device=dev)
         gt_max = torch.zeros(B, G, dtype=dtype, device=dev)
 
-        for sl in gt_chunks(B, G, N, self.max_pairs):
+        chunks = gt_chunks(B, G, N, self.max_pairs)
+        gmax_chunk = max(c.stop - c.start for c in chunks)
+        # one buffer holds every level's IoU of a chunk (level l at [B*g*start, B*g*stop)), one is
+        # scratch; both reused across chunks
+        buf = torch.empty(B * N * gmax_chunk, dtype=dtype, device=dev)
+        work = torch.empty(B * max(lay.n for lay in layouts) * gmax_chunk, dtype=dtype, device=dev)
+        for sl in chunks:
             g0, g = sl.start, sl.stop - sl.start
             gb, ga, gv = gboxes[:, sl], garea[:, sl], valid[:, sl]
             ious = []
             cmax = None
             for lay in layouts:
-                iou = level_iou(pboxes, parea, lay, gb, ga)  # (B, n, g)
+                iou = level_iou(pboxes, parea, lay, gb, ga, out=buf[B * g * lay.start :], work=work)  # (B, n, g)
                 if ignored is not None:
                     iou.masked_fill_(ignored[:, lay.slice, None], -1.0)
                 # best GT of each prior (first index on ties), merged with earlier chunks (strict >)
@@ -176,10 +182,11 @@ class MaxIoUAssigner(Assigner):
             gidx = torch.arange(g0, g0 + g, device=dev)
             if self.gt_max_assign_all:
                 thr = torch.where(ok, cmax, float("inf")).reshape(B, 1, g)
-                w = (gidx + 1).to(torch.int32)
+                w = (gidx + 1).to(dtype)  # exact in float for any realistic GT count
                 for lay, iou in zip(layouts, ious):
-                    # last GT (highest index) whose best IoU this prior reaches exactly
-                    last = ((iou == thr) * w).amax(dim=2).long() - 1
+                    # last GT (highest index) whose best IoU this prior reaches exactly; in place,
+                    # the IoU of this chunk is not needed any more
+                    last = iou.eq_(thr).mul_(w).amax(dim=2).long() - 1
                     lq_gt[:, lay.slice] = torch.maximum(lq_gt[:, lay.slice], last)
             else:
                 # first prior reaching each GT's best IoU, over the levels in order

@@ -1,0 +1,110 @@
+"""Top-k IoU assignment: every GT takes its ``k`` best-overlapping priors.
+
+A fixed number of positives per object, whatever its size, as in the anchor-matching analyses of
+Zhang, Chi, Yao, Lei, Li, "Bridging the Gap Between Anchor-based and Anchor-free Detection via
+Adaptive Training Sample Selection", CVPR 2020 (Sec. 3.3 discusses the top-k rule that ATSS
+refines with an adaptive IoU threshold), and Zhang, Zhu, Lei, Shi, Wang, Li, "S3FD: Single Shot
+Scale-invariant Face Detector", ICCV 2017 (Sec. 3.2, scale compensation: small faces get their
+best ``N`` anchors so they are not starved by a fixed IoU threshold).
+
+For every GT ``g``: the ``k`` priors with the highest ``IoU(prior, g)`` (over all levels) are its
+candidates; those with ``IoU > min_iou`` are positive. A prior claimed by several GTs goes to the
+one with the higher IoU (ties: lower GT index). Everything else is negative; there is no ignore
+band.
+
+Worked example, ``k = 2``, ``min_iou = 0``, five priors and two GTs::
+
+    IoU     g0:  0.70  0.55  0.20  0.00  0.00    -> top-2 = p0, p1
+            g1:  0.00  0.60  0.00  0.05  0.01    -> top-2 = p1, p3
+    p1 is claimed by g0 (0.55) and g1 (0.60)    -> g1
+    gt_index     [ 0,  1, -1,  1, -1]
+    overlaps     [0.70, 0.60, 0.00, 0.05, 0.00]
+
+A small GT thus gets ``k`` positives just like a large one, even when its best IoU is only 0.05
+(raise ``min_iou`` to drop such weak matches). When several priors tie at the ``k``-th place,
+``torch.topk`` decides which are kept (deterministic on a given device).
+
+Outputs: hard targets (``quality`` 1); ``extras["overlaps"]`` ``(B, N)`` is the IoU of each
+positive with its GT, 0 elsewhere. Anchor-free priors are matched with ``priors.boxes(square_scale)``
+squares of ``square_scale * stride``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
+from ._grid import level_iou, level_layouts, merge_best, prior_areas, sanitize_gt
+from .base import Assigner
+
+__all__ = ["TopKAssigner"]
+
+
+class TopKAssigner(Assigner):
+    """Each GT takes its ``k`` highest-IoU priors (see module docstring).
+
+    Args:
+        k: positives per GT (fewer when priors are shared or their IoU is ``<= min_iou``).
+        min_iou: a candidate needs ``IoU > min_iou`` to be positive.
+        square_scale: side, in strides, of the square boxes used for anchor-free priors.
+        max_pairs: memory budget, see :func:`assignlab.core.gt_chunks`.
+    """
+
+    def __init__(
+        self, k: int = 9, min_iou: float = 0.0, square_scale: float = 8.0, max_pairs: int = DEFAULT_MAX_PAIRS
+    ) -> None:
+        super().__init__(max_pairs)
+        if int(k) != k or int(k) < 1:
+            raise ValueError(f"k must be a positive integer, got {k}")
+        if not 0.0 <= float(min_iou) < 1.0:
+            raise ValueError(f"min_iou must be in [0, 1), got {min_iou}")
+        if float(square_scale) <= 0:
+            raise ValueError(f"square_scale must be positive, got {square_scale}")
+        self.k = int(k)
+        self.min_iou = float(min_iou)
+        self.square_scale = float(square_scale)
+
+    def __call__(self, priors: Priors, gt: GroundTruth, **predictions: Tensor) -> Assignment:
+        B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
+        dev = gt.boxes.device
+        if G == 0 or N == 0:
+            res = Assignment.empty(B, N, device=dev)
+            return res.replace(extras={"overlaps": torch.zeros(B, N, dtype=gt.boxes.dtype, device=dev)})
+
+        dtype = gt.boxes.dtype if gt.boxes.is_floating_point() else torch.float32
+        pboxes = priors.boxes(self.square_scale).to(device=dev, dtype=dtype)
+        parea = prior_areas(pboxes)
+        gboxes, garea, valid = sanitize_gt(gt, dtype)
+        layouts = level_layouts(priors)
+        k = min(self.k, N)
+
+        chunks = gt_chunks(B, G, N, self.max_pairs)
+        gmax_chunk = max(c.stop - c.start for c in chunks)
+        nmax = max(lay.n for lay in layouts)
+        buf = torch.empty(B * nmax * gmax_chunk, dtype=dtype, device=dev)
+        work = torch.empty_like(buf)
+        best_val = torch.full((B, N), float("-inf"), dtype=dtype, device=dev)
+        best_gt = torch.full((B, N), -1, dtype=torch.long, device=dev)
+        for sl in chunks:
+            g = sl.stop - sl.start
+            vals, idxs = [], []
+            for lay in layouts:
+                iou = level_iou(pboxes, parea, lay, gboxes[:, sl], garea[:, sl], out=buf, work=work)  # (B, n, g)
+                v, i = iou.topk(min(k, lay.n), dim=1)
+                vals.append(v)
+                idxs.append(i + lay.start)
+            # the k best over all levels are among the k best of each level
+            v, j = torch.cat(vals, dim=1).topk(k, dim=1)  # (B, k, g)
+            idx = torch.gather(torch.cat(idxs, dim=1), 1, j)
+            pos = (v > self.min_iou) & valid[:, None, sl]
+            val = torch.where(pos, v, float("-inf"))
+            gidx = torch.arange(sl.start, sl.stop, device=dev).reshape(1, 1, g).expand(B, k, g)
+            best_val, best_gt = merge_best(
+                best_val, best_gt, idx.reshape(B, -1), val.reshape(B, -1), gidx.reshape(B, -1)
+            )
+
+        positive = best_val > float("-inf")
+        gt_index = torch.where(positive, best_gt, -1)
+        overlaps = torch.where(positive, best_val, 0.0)
+        return Assignment.from_gt_index(gt_index, extras={"overlaps": overlaps})
