@@ -50,8 +50,10 @@ def test_nan_in_coco_bbox(tmp_path):
     y = make_coco(
         tmp_path,
         images=[{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}],
-        annotations=[{"id": 5, "image_id": 1, "category_id": 3, "bbox": [float("nan"), 2, 10, 20], "iscrowd": 0},
-                     {"id": 6, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0}],
+        annotations=[
+            {"id": 5, "image_id": 1, "category_id": 3, "bbox": [float("nan"), 2, 10, 20], "iscrowd": 0},
+            {"id": 6, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0},
+        ],
     )
     with pytest.warns(UserWarning):
         ds = build_dataset(load_data_config(y), "train", 32, train=False)
@@ -88,17 +90,25 @@ def test_label_out_of_range_names_file_and_line(tmp_path):
     y = make_voc(tmp_path / "voc", {"a": {"objects": [("cat", [1, 1, 9, 9]), ("horse", [2, 2, 8, 8])]}})
     with pytest.raises(LabelError, match=r"a\.xml: object 1 has class 'horse'"):
         build_dataset(load_data_config(y), "train", 32, train=False)
-    y = make_coco(tmp_path / "coco", images=[{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}],
-                  annotations=[{"id": 9, "image_id": 1, "category_id": 99, "bbox": [1, 2, 3, 4]}])
+    y = make_coco(
+        tmp_path / "coco",
+        images=[{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}],
+        annotations=[{"id": 9, "image_id": 1, "category_id": 99, "bbox": [1, 2, 3, 4]}],
+    )
     with pytest.raises(LabelError, match="annotation id 9: category_id 99"):
         build_dataset(load_data_config(y), "train", 32, train=False)
 
 
 # ---------------------------------------------------------------- files
 def test_corrupt_and_missing_images(tmp_path):
-    y = make_voc(tmp_path, {"ok": {"objects": [("cat", [1, 1, 9, 9])]},
-                            "garbage": {"objects": [("cat", [1, 1, 9, 9])]},
-                            "gone": {"objects": [("cat", [1, 1, 9, 9])], "no_image": True}})
+    y = make_voc(
+        tmp_path,
+        {
+            "ok": {"objects": [("cat", [1, 1, 9, 9])]},
+            "garbage": {"objects": [("cat", [1, 1, 9, 9])]},
+            "gone": {"objects": [("cat", [1, 1, 9, 9])], "no_image": True},
+        },
+    )
     (tmp_path / "JPEGImages" / "garbage.jpg").write_bytes(b"this is not a jpeg" * 20)
     ds = build_dataset(load_data_config(y), "train", 32, train=False)
     assert len(ds) == 1 and ds.load_annotations(0)["path"].endswith("ok.jpg")
@@ -137,11 +147,16 @@ def test_empty_label_file(tmp_path):
 
 
 def test_xml_without_objects_and_malformed_xml(tmp_path):
-    y = make_voc(tmp_path, {"a": {"objects": [("cat", [1, 1, 9, 9])]},
-                            "empty": {"xml": voc_xml("empty.jpg", 64, 48, [])},
-                            "broken": {"xml": "<annotation><object><name>cat</name>"},
-                            "nobox": {"xml": "<annotation><object><name>cat</name></object></annotation>"},
-                            "noxml": {"xml": "MISSING"}})
+    y = make_voc(
+        tmp_path,
+        {
+            "a": {"objects": [("cat", [1, 1, 9, 9])]},
+            "empty": {"xml": voc_xml("empty.jpg", 64, 48, [])},
+            "broken": {"xml": "<annotation><object><name>cat</name>"},
+            "nobox": {"xml": "<annotation><object><name>cat</name></object></annotation>"},
+            "noxml": {"xml": "MISSING"},
+        },
+    )
     cfg = load_data_config(y)
     ds = build_dataset(cfg, "train", 32, train=False)
     c = ds.report.counts
@@ -161,11 +176,15 @@ def test_xml_without_objects_and_malformed_xml(tmp_path):
 def test_coco_unknown_image_id(tmp_path):
     y = make_coco(
         tmp_path,
-        images=[{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60},
-                {"id": 2, "file_name": "b.jpg", "height": 40, "width": 60, "_no_file": True}],
-        annotations=[{"id": 10, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 20]},
-                     {"id": 11, "image_id": 42, "category_id": 3, "bbox": [1, 2, 10, 20]},
-                     {"id": 12, "image_id": 1, "category_id": 7, "bbox": [1, 2]}],
+        images=[
+            {"id": 1, "file_name": "a.jpg", "height": 40, "width": 60},
+            {"id": 2, "file_name": "b.jpg", "height": 40, "width": 60, "_no_file": True},
+        ],
+        annotations=[
+            {"id": 10, "image_id": 1, "category_id": 3, "bbox": [1, 2, 10, 20]},
+            {"id": 11, "image_id": 42, "category_id": 3, "bbox": [1, 2, 10, 20]},
+            {"id": 12, "image_id": 1, "category_id": 7, "bbox": [1, 2]},
+        ],
     )
     ds = build_dataset(load_data_config(y), "train", 32, train=False)
     c = ds.report.counts
@@ -227,8 +246,13 @@ def test_loader_with_workers_survives_corrupt_file(tmp_path):
 
 
 def test_empty_images_are_valid_in_batches(tmp_path):
-    y = make_voc(tmp_path, {"a": {"objects": [("cat", [1, 1, 9, 9]), ("dog", [3, 3, 30, 30])]},
-                            "e": {"xml": voc_xml("e.jpg", 64, 48, [])}})
+    y = make_voc(
+        tmp_path,
+        {
+            "a": {"objects": [("cat", [1, 1, 9, 9]), ("dog", [3, 3, 30, 30])]},
+            "e": {"xml": voc_xml("e.jpg", 64, 48, [])},
+        },
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning for valid data besides the logged empty XML
         ds = build_dataset(load_data_config(y), "train", 32, train=False)

@@ -45,7 +45,9 @@ def test_letterbox_in_v2_compose():
 
 def test_dataset_letterbox_maps_back_to_original(tmp_path):
     # a non-square VOC image 200 (h) x 100 (w): letterboxed to 64, then back to original coords
-    y = make_voc(tmp_path, {"im0": {"size": (200, 100), "objects": [("cat", [10, 20, 60, 90]), ("dog", [0, 150, 100, 200])]}})
+    y = make_voc(
+        tmp_path, {"im0": {"size": (200, 100), "objects": [("cat", [10, 20, 60, 90]), ("dog", [0, 150, 100, 200])]}}
+    )
     ds = build_dataset(load_data_config(y), "train", 64, train=False)
     img, t = ds[0]
     m = t["meta"]
@@ -67,7 +69,9 @@ def test_train_transform_invariants(h, w, seed, data):
     n = data.draw(st.integers(0, 6))
     xs = [data.draw(st.floats(0, w - 2)) for _ in range(n)]
     ys = [data.draw(st.floats(0, h - 2)) for _ in range(n)]
-    boxes = torch.tensor([[x, y, min(w, x + 1 + (w - x) / 2), min(h, y + 1 + (h - y) / 2)] for x, y in zip(xs, ys)]).reshape(-1, 4)
+    boxes = torch.tensor(
+        [[x, y, min(w, x + 1 + (w - x) / 2), min(h, y + 1 + (h - y) / 2)] for x, y in zip(xs, ys)]
+    ).reshape(-1, 4)
     labels = torch.arange(n)
     g = torch.Generator().manual_seed(seed)
     tf = DetectionTransform(48, train=True, scale_range=(0.5, 1.5), flip_p=0.5)

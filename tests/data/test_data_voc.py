@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import require_shared
 from data_testutils import make_voc
 
 from assignlab.data import build_dataset, data_config_from_dict, load_data_config
+from conftest import require_shared
 
 FACEMASK_NAMES = ["with_mask", "without_mask", "mask_weared_incorrect"]
 
@@ -22,8 +22,13 @@ FACEMASK_NAMES = ["with_mask", "without_mask", "mask_weared_incorrect"]
 def facemask_cfg():
     root = require_shared("data", "facemask")
     return data_config_from_dict(
-        {"format": "voc", "path": str(root), "train": "ImageSets/Main/train.txt", "val": "ImageSets/Main/val.txt",
-         "names": FACEMASK_NAMES},
+        {
+            "format": "voc",
+            "path": str(root),
+            "train": "ImageSets/Main/train.txt",
+            "val": "ImageSets/Main/val.txt",
+            "names": FACEMASK_NAMES,
+        },
         source="facemask-test",
     )
 
@@ -49,7 +54,9 @@ def test_facemask_counts(facemask_cfg, split, n_img, n_box, per_class, sizes, cl
     assert all(len(a["boxes"]) > 0 for a in anns) and all(len(a["ignore"]) == 0 for a in anns)
     # the README's size buckets use the raw boxes; clipping xmax 401 -> 400 may move a clipped box
     # down one bucket (train maksssksksss93: 16.1 px -> 15.5 px)
-    s = torch.cat([((a["boxes"][:, 2] - a["boxes"][:, 0]) * (a["boxes"][:, 3] - a["boxes"][:, 1])).sqrt() for a in anns])
+    s = torch.cat(
+        [((a["boxes"][:, 2] - a["boxes"][:, 0]) * (a["boxes"][:, 3] - a["boxes"][:, 1])).sqrt() for a in anns]
+    )
     got = [int((s < 16).sum()), int(((s >= 16) & (s < 32)).sum()), int((s >= 32).sum())]
     assert sum(got) == sum(sizes) and max(abs(g - e) for g, e in zip(got, sizes)) <= clipped
     assert got == {"train": [869, 1185, 896], "val": [188, 219, 203]}[split]
@@ -115,8 +122,12 @@ def test_facemask_folder_autodetect_and_coco_gt(facemask_cfg):
     coco.dataset = gt
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-        dets = coco.loadRes([{"image_id": x["image_id"], "category_id": x["category_id"], "bbox": x["bbox"],
-                              "score": 1.0} for x in gt["annotations"]])
+        dets = coco.loadRes(
+            [
+                {"image_id": x["image_id"], "category_id": x["category_id"], "bbox": x["bbox"], "score": 1.0}
+                for x in gt["annotations"]
+            ]
+        )
         E = COCOeval(coco, dets, "bbox")
         E.evaluate()
         E.accumulate()
@@ -125,8 +136,9 @@ def test_facemask_folder_autodetect_and_coco_gt(facemask_cfg):
 
 
 def test_voc_difficult_becomes_ignore_and_unknown_class(tmp_path):
-    y = make_voc(tmp_path / "a", {"x": {"objects": [("cat", [1, 2, 10, 12]), ("dog", [5, 5, 20, 20])],
-                                        "difficult": (1,)}})
+    y = make_voc(
+        tmp_path / "a", {"x": {"objects": [("cat", [1, 2, 10, 12]), ("dog", [5, 5, 20, 20])], "difficult": (1,)}}
+    )
     ds = build_dataset(load_data_config(y), "train", 64, train=False)
     a = ds.load_annotations(0)
     assert a["boxes"].tolist() == [[1, 2, 10, 12]] and a["ignore"].tolist() == [[5, 5, 20, 20]]

@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import require_shared
 from data_testutils import make_coco, make_yolo
 
 from assignlab.data import build_dataset, load_data_config
 from assignlab.data.yolo import image_to_label_path
+from conftest import require_shared
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,4 @@ def build_dataset(
         )
     if cfg.format not in DATASETS:
         raise DataConfigError(f"unknown format {cfg.format!r}; allowed: {', '.join(FORMATS)}")
-    return DATASETS[cfg.format](
-        cfg, split, img_size, train, merge_classes=merge, strict=strict, seed=seed, **kwargs
-    )
+    return DATASETS[cfg.format](cfg, split, img_size, train, merge_classes=merge, strict=strict, seed=seed, **kwargs)
