@@ -120,6 +120,10 @@ def test_unloadable_values_refused_before_writing(tmp_path):
     p = tmp_path / "x.pt"
     with pytest.raises(TypeError, match=r"state\['a'\]\[0\] has type ndarray"):
         save_checkpoint(p, {"a": [np.zeros(2)]})
+    with pytest.raises(TypeError, match=r"state\['v'\] has type TorchVersion"):
+        save_checkpoint(p, {"v": torch.__version__})  # a str subclass
+    with pytest.raises(TypeError, match="float64"):
+        save_checkpoint(p, {"x": np.float64(1.0)})  # a float subclass
     assert not p.exists()
 
 

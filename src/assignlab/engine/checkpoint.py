@@ -26,6 +26,7 @@ import pickle
 import random
 import tempfile
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -121,19 +122,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue(), fault_points=True)
 
 
-_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device, torch.Size)
+_SCALARS = (str, int, float, bool, type(None))  # exact types: numpy scalars / str subclasses are refused
+_OBJECTS = (torch.Tensor, torch.dtype, torch.device)
 
 
 def _check_plain(obj: Any, where: str) -> None:
-    if isinstance(obj, dict):
+    if type(obj) in (dict, OrderedDict):
         for k, v in obj.items():
             if not isinstance(k, (str, int)):
                 raise TypeError(f"checkpoint key {where}[{k!r}] must be str or int")
             _check_plain(v, f"{where}[{k!r}]")
-    elif isinstance(obj, (list, tuple)):
+    elif type(obj) in (list, tuple):
         for i, v in enumerate(obj):
             _check_plain(v, f"{where}[{i}]")
-    elif not isinstance(obj, _PLAIN):
+    elif type(obj) not in _SCALARS and not isinstance(obj, _OBJECTS):
         raise TypeError(
             f"checkpoint value {where} has type {type(obj).__name__}; only tensors and plain "
             "containers can be loaded with weights_only=True"
@@ -153,7 +155,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = [ln for ln in lines if "Unsupported global" in ln or "WeightsUnpickler" in ln]
+        first = (detail or lines or [type(e).__name__])[0]
         raise CheckpointError(
             f"refusing to load {p}: it contains pickled objects other than tensors and plain "
             f"containers (weights_only=True). It is not an assignlab checkpoint or it was tampered "

@@ -15,6 +15,7 @@ values, assigner names or options are refused before anything is loaded, with th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         res = train(cfg, progress=args.progress)
     except (ConfigError, CheckpointError) as e:
         return _fail("train", e)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     best = f"{res['best_fitness']:.4f}" if res["best_fitness"] > float("-inf") else "-"
     print(f"done: {res['epochs']} epochs, best val AP50 {best}; weights in {res['out']} (last.pt, best.pt)")
     return 0

@@ -40,15 +40,13 @@ __all__ = [
     "save_train_config",
     "parse_kv",
     "loss_names",
+    "loss_table",
+    "assigner_table",
 ]
 
 
 class ConfigError(ValueError):
     """A configuration value or key was refused (the message lists what is allowed)."""
-
-
-#: cls_loss names of DetectionLoss, used as loss names when the loss module has no preset table.
-_CLS_LOSSES = ("bce", "focal", "qfl", "vfl")
 
 
 @dataclass
@@ -267,22 +265,40 @@ def assigner_table() -> dict[str, type]:
     return dict(ASSIGNERS)
 
 
-def _loss_module():
+def loss_table() -> dict[str, tuple[Any, dict[str, Any]]]:
+    """``name -> (factory, base kwargs)`` of the losses ``--loss`` accepts.
+
+    * every classification loss of ``DetectionLoss`` (``bce``, ``focal``, ``qfl``, ``vfl``):
+      ``DetectionLoss(cls_loss=name, **loss_opts)``;
+    * ``yolov5``: the exact YOLOv5 ``ComputeLoss`` over many-to-many rows (needs the yolov5
+      assigner and the anchor head); ``v8``: Ultralytics' ``v8DetectionLoss`` preset;
+    * any ``LOSS_PRESETS`` of :mod:`assignlab.losses.detection` (name -> kwargs or factory).
+    """
     from ..losses import detection
 
-    return detection
+    table: dict[str, tuple[Any, dict[str, Any]]] = {
+        name: (detection.DetectionLoss, {"cls_loss": name}) for name in detection.LOSSES
+    }
+    try:
+        from ..losses.yolov5 import YOLOv5Loss
+
+        table["yolov5"] = (YOLOv5Loss, {})
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from ..losses.ultralytics import V8DetectionLoss
+
+        table["v8"] = (V8DetectionLoss, {})
+    except ImportError:  # pragma: no cover
+        pass
+    for name, p in (getattr(detection, "LOSS_PRESETS", None) or {}).items():
+        table[str(name)] = (detection.DetectionLoss, dict(p)) if isinstance(p, Mapping) else (p, {})
+    return table
 
 
 def loss_names() -> list[str]:
-    """Valid ``loss`` names: the loss module's preset table if it has one, else the cls losses."""
-    try:
-        mod = _loss_module()
-    except ImportError:
-        return list(_CLS_LOSSES)
-    presets = getattr(mod, "LOSS_PRESETS", None) or getattr(mod, "LOSSES", None)
-    if isinstance(presets, Mapping) and presets:
-        return sorted(presets)
-    return list(_CLS_LOSSES)
+    """Valid ``loss`` names (see :func:`loss_table`)."""
+    return sorted(loss_table())
 
 
 def _validate(d: dict[str, Any]) -> TrainConfig:
@@ -349,22 +365,24 @@ def _validate(d: dict[str, Any]) -> TrainConfig:
     c.assigner = name
     c.assigner_opts = _check_opts("assigner", name, table[name], c.assigner_opts or {})
 
-    # loss: name and DetectionLoss options
-    names = loss_names()
+    # loss: name and options
+    ltable = loss_table()
     lname = str(c.loss).lower()
-    if lname not in names:
-        raise _unknown("loss", lname, names)
+    if lname not in ltable:
+        raise _unknown("loss", lname, sorted(ltable))
     c.loss = lname
+    factory, base = ltable[lname]
+    c.loss_opts = _check_opts("loss", lname, factory, c.loss_opts or {})
+
+    # build both once: a bad option *value* fails now, not after the data is loaded
     try:
-        loss_cls = _loss_module().DetectionLoss
-    except (ImportError, AttributeError):
-        loss_cls = None
-    if loss_cls is not None:
-        c.loss_opts = _check_opts("loss", "DetectionLoss", loss_cls, c.loss_opts or {})
-    elif not isinstance(c.loss_opts, Mapping):
-        raise ConfigError(f"loss_opts must be a mapping, got {c.loss_opts!r}")
-    else:
-        c.loss_opts = {str(k): _parse_value(v) for k, v in c.loss_opts.items()}
+        table[name](**c.assigner_opts)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"assigner {name!r}: {e}") from None
+    try:
+        factory(**{**base, **c.loss_opts})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"loss {lname!r}: {e}") from None
     return c
 
 

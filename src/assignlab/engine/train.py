@@ -218,42 +218,14 @@ def build_assigner(cfg: TrainConfig):
         raise ConfigError(f"assigner {cfg.assigner!r}: {e}") from None
 
 
-def _accepts(fn: Any, name: str) -> bool:
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
 def build_loss(cfg: TrainConfig):
-    """The :class:`~assignlab.losses.detection.DetectionLoss` of ``cfg``.
+    """The loss of ``cfg`` (see :func:`~assignlab.engine.config.loss_table`): e.g.
+    ``DetectionLoss(cls_loss=cfg.loss, **cfg.loss_opts)``."""
+    from .config import loss_table
 
-    ``cfg.loss`` is a preset of the loss module (``LOSS_PRESETS`` / ``LOSSES``: name -> kwargs)
-    when it has one, else the classification loss name (``cls_loss``). ``cfg.loss_opts`` override.
-    ``obj_loss`` defaults to "on" for the anchor head (objectness) and "off" for the free head;
-    ``reg_max`` / ``head`` are passed when the loss takes them.
-    """
-    from ..losses import detection
-
-    cls = detection.DetectionLoss
-    presets = getattr(detection, "LOSS_PRESETS", None) or getattr(detection, "LOSSES", None)
-    if isinstance(presets, Mapping) and cfg.loss in presets:
-        p = presets[cfg.loss]
-        kw = dict(p) if isinstance(p, Mapping) else {}
-        if callable(p) and not isinstance(p, Mapping):
-            return p(**cfg.loss_opts)
-    else:
-        kw = {"cls_loss": cfg.loss}
-    auto = {"obj_loss": cfg.head == "anchor", "reg_max": cfg.reg_max, "head": cfg.head}
-    for k, v in auto.items():
-        if k not in kw and k not in cfg.loss_opts and _accepts(cls.__init__, k) and k != "head":
-            kw[k] = v
-    kw.update(cfg.loss_opts)
+    factory, base = loss_table()[cfg.loss]
     try:
-        return cls(**kw)
+        return factory(**{**base, **cfg.loss_opts})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"loss {cfg.loss!r}: {e}") from None
 
@@ -271,6 +243,36 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def _loss_normalizers(loss: Any) -> dict[str, Any]:
+    """Stateful running normalisers inside a loss (``loss.normalizer``, ``loss.loss.normalizer``)."""
+    out = {}
+    for path in ("normalizer", "loss.normalizer"):
+        obj = loss
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None and hasattr(obj, "_ema"):
+            out[path] = obj
+    return out
+
+
+def loss_state_dict(loss: Any) -> dict[str, Any]:
+    """The training state of a loss (its own ``state_dict`` or its running normalisers)."""
+    if callable(getattr(loss, "state_dict", None)):
+        return {"state_dict": loss.state_dict()}
+    return {path: n._ema for path, n in _loss_normalizers(loss).items()}
+
+
+def load_loss_state_dict(loss: Any, state: Mapping[str, Any] | None) -> None:
+    if not state:
+        return
+    if "state_dict" in state and callable(getattr(loss, "load_state_dict", None)):
+        loss.load_state_dict(state["state_dict"])
+        return
+    for path, n in _loss_normalizers(loss).items():
+        if path in state:
+            n._ema = state[path]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,9 +396,11 @@ def train(cfg: TrainConfig | Mapping[str, Any], progress: bool | None = None) ->
     from ..data import build_dataset, build_loader, load_data_config
 
     d, device = _setup_distributed(cfg)
+    det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         return _train(cfg, d, device, progress, build_dataset, build_loader, load_data_config)
     finally:
+        torch.use_deterministic_algorithms(det[0], warn_only=det[1])
         if d.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
@@ -462,6 +466,8 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
     loss_fn = build_loss(cfg)
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(device)
+    if callable(getattr(loss_fn, "train", None)):
+        loss_fn.train()
     optimizer = build_optimizer(model, cfg)
     schedule = WarmupCosineSchedule.for_run(cfg.lr, cfg.epochs, steps_per_epoch, cfg.warmup_epochs,
                                             cfg.final_lr_ratio, cfg.cosine)
@@ -475,6 +481,7 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
         optimizer.load_state_dict(ck["optimizer"])
         if ema is not None and ck.get("ema") is not None:
             ema.load_state_dict(ck["ema"])
+        load_loss_state_dict(loss_fn, ck.get("loss"))
         if ck.get("scaler"):
             scaler.load_state_dict(ck["scaler"])
         start_epoch, step = int(ck["epoch"]), int(ck["step"])
@@ -500,8 +507,9 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
         writer = _tensorboard(out, purge_step=start_epoch + 1 if ck is not None else None)
         n_par = sum(p.numel() for p in params)
         _say(d, f"train: {len(train_ds)} images, val: {len(val_ds)} images, classes {names}; "
-                f"{cfg.head} head ({n_par / 1e6:.2f} M params), assigner {cfg.assigner} "
-                f"{cfg.assigner_opts or ''}, loss {cfg.loss} {cfg.loss_opts or ''}; device {device}"
+                f"{cfg.head} head ({n_par / 1e6:.2f} M params), assigner {cfg.assigner}"
+                f"{f' {cfg.assigner_opts}' if cfg.assigner_opts else ''}, loss {cfg.loss}"
+                f"{f' {cfg.loss_opts}' if cfg.loss_opts else ''}; device {device}"
                 f"{f' x{d.world} processes' if d.world > 1 else ''}, amp {amp}; {steps_per_epoch} steps/epoch")
 
     last_metrics: dict[str, float] = {}
@@ -612,6 +620,7 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
                 "ema": ema.state_dict() if ema is not None else None,
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if amp else None,
+                "loss": loss_state_dict(loss_fn),
                 "model_config": model_config,
                 "config": cfg.to_dict(),
                 "names": names,
@@ -620,7 +629,7 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
                 "history": history,
                 "rng": get_rng_state(),
                 "world_size": d.world,
-                "torch_version": torch.__version__,
+                "torch_version": str(torch.__version__),
             }
             if improved:
                 save_checkpoint(best_path, state)
