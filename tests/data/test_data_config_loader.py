@@ -97,6 +97,9 @@ def test_collate_batch_and_to_original():
     assert isinstance(m, ImageMeta) and m.scale == 0.64 and m.pad == (16.0, 0.0) and m.orig_size == (100, 50)
     boxes, _ = b.gt.image(1)
     torch.testing.assert_close(to_original(boxes, m), ds.load_annotations(1)["boxes"], atol=1e-4, rtol=0)
+    assert b.gt.num_dropped == 0
+    s0 = (samples[0][0], {**samples[0][1], "num_dropped": 2})
+    assert collate([s0, samples[1]]).gt.num_dropped == 2
     moved = b.to("cpu")
     assert moved.images.device.type == "cpu" and moved.meta is b.meta
 

@@ -92,6 +92,9 @@ def test_train_transform_invariants(h, w, seed, data):
     for j in torch.nonzero(inside).flatten().tolist():
         assert j in kept_labels
         torch.testing.assert_close(out.boxes[kept_labels.index(j)], fwd[j])
+    # the boxes-only path (for annotation tools) gives the same result
+    bx, lb, _, _, nd = tf.apply_boxes(out.params, out.flipped, (h, w), boxes, labels)
+    assert torch.equal(bx, out.boxes) and torch.equal(lb, out.labels) and nd == out.num_dropped
     # same generator seed -> same sample
     out2 = tf(torch.zeros(3, h, w, dtype=torch.uint8), boxes, labels, generator=torch.Generator().manual_seed(seed))
     assert out2.params == out.params and out2.flipped == out.flipped

@@ -14,6 +14,7 @@ training samples with ``flipped=True``; evaluation samples are never flipped).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -103,7 +104,10 @@ class Batch:
 
 
 def collate(samples: Sequence[tuple[Tensor, dict]]) -> Batch:
-    """Stack ``(image, target)`` samples into a :class:`Batch` (GTs padded, always with ignore)."""
+    """Stack ``(image, target)`` samples into a :class:`Batch` (GTs padded, always with ignore).
+
+    ``batch.gt.num_dropped`` counts the boxes the per-sample transforms dropped.
+    """
     if not samples:
         raise ValueError("collate: empty batch")
     images = torch.stack([s[0] for s in samples])
@@ -114,6 +118,9 @@ def collate(samples: Sequence[tuple[Tensor, dict]]) -> Batch:
         ignore=[s[1]["ignore"] for s in samples],
         image_size=size,
     )
+    dropped = sum(int(s[1].get("num_dropped", 0)) for s in samples)
+    if dropped:  # boxes the transforms dropped (cropped away / degenerate) are counted here too
+        gt = dataclasses.replace(gt, num_dropped=gt.num_dropped + dropped)
     return Batch(images, gt, [s[1]["meta"] for s in samples])
 
 

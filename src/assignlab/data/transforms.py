@@ -162,6 +162,57 @@ class DetectionTransform:
         self.min_visible = min_visible
         self.letterbox = Letterbox(size, scale_range if train else None)
 
+    def sample(
+        self, orig_size: tuple[int, int], generator: torch.Generator | None = None
+    ) -> tuple[LetterboxParams, bool]:
+        """Draw the letterbox parameters and the flip decision for an image of ``(h, w)``."""
+        params = self.letterbox.params_for(orig_size, generator)
+        flipped = bool(self.train and self.flip_p > 0 and float(torch.rand((), generator=generator)) < self.flip_p)
+        return params, flipped
+
+    def apply_boxes(
+        self,
+        params: LetterboxParams,
+        flipped: bool,
+        orig_size: tuple[int, int],
+        boxes: Tensor,
+        labels: Tensor,
+        ignore: Tensor | None = None,
+        ignore_labels: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        """Boxes only (no image): ``(boxes, labels, ignore, ignore_labels, num_dropped)`` exactly as
+        :meth:`__call__` produces them for the same parameters (for annotation-only tools)."""
+        h, w = orig_size
+        bx = tv_tensors.BoundingBoxes(
+            boxes.float().reshape(-1, 4), format="XYXY", canvas_size=(h, w), clamping_mode=None
+        )
+        ig = tv_tensors.BoundingBoxes(
+            (ignore if ignore is not None else torch.zeros(0, 4)).float().reshape(-1, 4),
+            format="XYXY",
+            canvas_size=(h, w),
+            clamping_mode=None,
+        )
+        if ignore_labels is None:
+            ignore_labels = torch.zeros(len(ig), dtype=torch.long)
+        p = {"lb": params}
+        bx, ig = self.letterbox.transform(bx, p), self.letterbox.transform(ig, p)
+        if flipped:
+            bx, ig = F.horizontal_flip(bx), F.horizontal_flip(ig)
+        # clamp to the canvas, then drop what became empty / mostly cut away
+        area0 = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])
+        bxc = F.clamp_bounding_boxes(bx, clamping_mode="hard").as_subclass(Tensor)
+        area1 = (bxc[:, 2] - bxc[:, 0]) * (bxc[:, 3] - bxc[:, 1])
+        keep = (bxc[:, 2] > bxc[:, 0]) & (bxc[:, 3] > bxc[:, 1]) & (area1 >= self.min_visible * area0)
+        igc = F.clamp_bounding_boxes(ig, clamping_mode="hard").as_subclass(Tensor)
+        keep_ig = (igc[:, 2] > igc[:, 0]) & (igc[:, 3] > igc[:, 1])
+        return (
+            bxc[keep],
+            labels.reshape(-1)[keep],
+            igc[keep_ig],
+            ignore_labels.reshape(-1)[keep_ig],
+            int((~keep).sum()),
+        )
+
     def __call__(
         self,
         image: Tensor,
@@ -176,38 +227,18 @@ class DetectionTransform:
         ``generator`` drives the random choices (torch's global generator when None).
         """
         h, w = int(image.shape[-2]), int(image.shape[-1])
-        img = tv_tensors.Image(image)
-        bx = tv_tensors.BoundingBoxes(
-            boxes.float().reshape(-1, 4), format="XYXY", canvas_size=(h, w), clamping_mode=None
-        )
-        ig = tv_tensors.BoundingBoxes(
-            (ignore if ignore is not None else torch.zeros(0, 4)).float().reshape(-1, 4),
-            format="XYXY",
-            canvas_size=(h, w),
-            clamping_mode=None,
-        )
-        if ignore_labels is None:
-            ignore_labels = torch.zeros(len(ig), dtype=torch.long)
-        params = {"lb": self.letterbox.params_for((h, w), generator)}
-        img, bx, ig = (self.letterbox.transform(x, params) for x in (img, bx, ig))
-        flipped = bool(self.train and self.flip_p > 0 and float(torch.rand((), generator=generator)) < self.flip_p)
+        params, flipped = self.sample((h, w), generator)
+        img = self.letterbox.transform(tv_tensors.Image(image), {"lb": params})
         if flipped:
-            img, bx, ig = F.horizontal_flip(img), F.horizontal_flip(bx), F.horizontal_flip(ig)
-        # clamp to the canvas, then drop what became empty / mostly cut away
-        area0 = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])
-        bxc = F.clamp_bounding_boxes(bx, clamping_mode="hard").as_subclass(Tensor)
-        area1 = (bxc[:, 2] - bxc[:, 0]) * (bxc[:, 3] - bxc[:, 1])
-        keep = (bxc[:, 2] > bxc[:, 0]) & (bxc[:, 3] > bxc[:, 1]) & (area1 >= self.min_visible * area0)
-        igc = F.clamp_bounding_boxes(ig, clamping_mode="hard").as_subclass(Tensor)
-        keep_ig = (igc[:, 2] > igc[:, 0]) & (igc[:, 3] > igc[:, 1])
-        image_f = F.to_dtype(img, torch.float32, scale=True).as_subclass(Tensor)
+            img = F.horizontal_flip(img)
+        bx, lb, ig, ig_lb, dropped = self.apply_boxes(params, flipped, (h, w), boxes, labels, ignore, ignore_labels)
         return TransformOutput(
-            image=image_f,
-            boxes=bxc[keep],
-            labels=labels.reshape(-1)[keep],
-            ignore=igc[keep_ig],
-            ignore_labels=ignore_labels.reshape(-1)[keep_ig],
-            params=params["lb"],
+            image=F.to_dtype(img, torch.float32, scale=True).as_subclass(Tensor),
+            boxes=bx,
+            labels=lb,
+            ignore=ig,
+            ignore_labels=ig_lb,
+            params=params,
             flipped=flipped,
-            num_dropped=int((~keep).sum()),
+            num_dropped=dropped,
         )
