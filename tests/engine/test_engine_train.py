@@ -112,6 +112,10 @@ def test_tiny_run_outputs(data_yaml, tmp_path):
     before = (out / "last.pt").read_bytes()
     res2 = train_mod.train(_cfg(data_yaml, out, resume=True), progress=False)
     assert res2["step"] == 4 and (out / "last.pt").read_bytes() == before
+    # the run's own settings (data included) are used when only --out --resume is given
+    res3 = train_mod.train(load_train_config(None, {"out": str(out), "resume": True}), progress=False)
+    assert res3["step"] == 4 and (out / "last.pt").read_bytes() == before
+    assert load_train_config(out / "config.yaml", None).data == str(data_yaml)
 
 
 def test_resume_refuses_changed_settings(data_yaml, tmp_path, capsys):

@@ -83,6 +83,15 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return ov
 
 
+def _data_errors() -> tuple[type[Exception], ...]:
+    """The data package's user-facing errors (bad data YAML, unreadable dataset)."""
+    try:
+        from ..data import DataConfigError, DatasetError
+    except ImportError:  # pragma: no cover
+        return ()
+    return (DataConfigError, DatasetError)
+
+
 def _fail(cmd: str, e: Exception) -> int:
     print(f"assignlab {cmd}: error: {e}", file=sys.stderr)
     return 2
@@ -107,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 raise ConfigError("cannot change settings of a run on --resume (it must end exactly as the "
                                   "original would): " + "; ".join(bad))
         res = train(cfg, progress=args.progress)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, *_data_errors()) as e:
         return _fail("train", e)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -148,7 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             batch=args.batch, max_det=args.max_det, workers=args.workers, device=args.device,
             out_json=args.json, use_ema=not args.no_ema,
         )
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, *_data_errors()) as e:
         return _fail("eval", e)
     title = (f"{args.weights} on split {args.split!r}: {int(m.get('num_images', 0))} images, "
              f"{int(m.get('num_detections', 0))} detections (AP in %)")

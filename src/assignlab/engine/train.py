@@ -323,8 +323,11 @@ def _tensorboard(out: Path, purge_step: int | None):
 def _merge_resume_config(cfg: TrainConfig, saved: Mapping[str, Any]) -> TrainConfig:
     """The saved config, with the resume-mutable keys taken from ``cfg``; warn about ignored changes."""
     merged = dict(saved)
+    default = TrainConfig()
     for k in RESUME_MUTABLE:
-        merged[k] = getattr(cfg, k)
+        # a mutable key left at its default means "not given": keep the run's value (e.g. its data)
+        if k == "out" or getattr(cfg, k) != getattr(default, k) or k not in merged:
+            merged[k] = getattr(cfg, k)
     merged["resume"] = True
     new = load_train_config(None, {k: v for k, v in merged.items()})
     ignored = [
@@ -629,6 +632,7 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
                 "history": history,
                 "rng": get_rng_state(),
                 "world_size": d.world,
+                "img_size": cfg.img,
                 "torch_version": str(torch.__version__),
             }
             if improved:
