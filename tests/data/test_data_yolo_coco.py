@@ -24,6 +24,8 @@ def test_coco128_yaml_without_format_is_yolo(coco128_cfg):
     assert cfg.path == str(require_shared("data", "coco128").resolve())
     assert len(cfg.names) == 80 and cfg.names[0] == "person" and cfg.names[79] == "toothbrush"
     assert cfg.test is None
+    # the folder holding a single YAML loads that YAML
+    assert load_data_config(require_shared("data", "coco128")).names == cfg.names
 
 
 @pytest.mark.parametrize("split,n_box,n_classes,n_bg", [("train", 929, 71, 2), ("val", 898, 73, 0)])

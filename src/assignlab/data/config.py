@@ -107,7 +107,7 @@ class SyntheticConfig:
         num_classes: 1 (``["object"]``), 2 (``["ellipse", "rectangle"]``) or 3 (adds ``"face"``).
         min_objects / max_objects: objects per image (uniform).
         min_size: smallest object side in pixels (4 px by default).
-        max_size: largest object side as a fraction of the shorter image side (0.4).
+        max_size: largest object size ``sqrt(w * h)`` as a fraction of the shorter image side (0.4).
         crowd: fraction of objects placed in tight clusters around a few centres.
         seed: base seed; ``None`` = the ``seed`` argument of :func:`build_dataset`.
     """

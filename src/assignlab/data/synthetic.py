@@ -5,8 +5,9 @@ splits are deterministic, disjoint streams and any worker draws the same pixels.
 
 - a textured background: smooth colour noise, a linear gradient or stripes, plus pixel noise;
 - ``min_objects..max_objects`` objects: ellipses, rectangles and "faces" (an ellipse with two eyes
-  and a mouth), sizes log-uniform from ``min_size`` (4 px) to ``max_size`` (40 %) of the shorter
-  image side, aspect ratio 1:2..2:1, so most objects are small;
+  and a mouth); size ``sqrt(w * h)`` log-uniform from ``min_size`` (4 px) to ``max_size`` (40 %) of
+  the shorter image side, aspect ratio 1:2..2:1 (no side below ``min_size``), so most objects are
+  small (about 40 % under 16 px at 256 px);
 - crowding: a fraction ``crowd`` of the objects is placed around 1-3 cluster centres; an object
   may hide at most 40 % of any object drawn before it (large objects are drawn first);
 - contrast: each object's colour is pushed 0.35-0.5 (of the [0, 1] range) away from the mean
