@@ -143,8 +143,10 @@ class ATSSAssigner(Assigner):
             inter = wx * wy
             iou = inter / (parea[cand] + garea[:, sl, None] - inter)  # (B, g, K)
             # mean + unbiased std over the candidates, reduced like mmdetection's (K, G) layout
+            # (a single candidate has no std: NaN, nothing passes, as in mmdetection)
             flat = iou.permute(2, 0, 1).reshape(K, B * g)
-            thr = (flat.mean(dim=0) + flat.std(dim=0)).reshape(B, g, 1)
+            std = flat.std(dim=0) if K > 1 else torch.full_like(flat[0], float("nan"))
+            thr = (flat.mean(dim=0) + std).reshape(B, g, 1)
             cp = pts[cand]  # (B, g, K, 2)
             inside = torch.stack(
                 [cp[..., 0] - gb[..., 0], cp[..., 1] - gb[..., 1], gb[..., 2] - cp[..., 0], gb[..., 3] - cp[..., 1]],
