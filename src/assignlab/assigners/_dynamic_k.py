@@ -7,15 +7,18 @@ assigner (:mod:`.tal`) share:
 * :func:`pairwise_iou` / :func:`aligned_iou`: IoU of GT boxes with predicted boxes, with
   mmdetection's ``BboxOverlaps2D`` formula (``inter / max(union, eps)``), so values are
   bit-identical to mmdet's and finite for zero-area boxes.
-* :func:`dynamic_k_select`: OTA's "dynamic k" selection for a chunk of GTs, vectorised: each GT
-  takes its ``k_g = max(1, int(sum of its top-q candidate IoUs))`` lowest-cost candidates, done
-  with ONE ``topk(q)`` over the cost and a per-GT rank mask ``rank < k_g`` (``k_g <= q`` always,
-  because IoUs are at most 1).
-* :class:`DynamicKResolver`: a running reduction over GT chunks that resolves priors chosen by
-  several GTs the way mmdetection / YOLOX do (the GT of lowest cost over *all* GTs), so chunked and
-  unchunked runs give identical results.
+* :func:`dynamic_k`: OTA's per-GT ``k = max(1, int(sum of the top-q candidate IoUs))``.
+* :func:`resolve_dynamic_k`: turns every GT's ``k`` cheapest priors into one GT per prior, with
+  mmdetection / YOLOX's rule for a prior chosen by several GTs (the GT of lowest cost over *all*
+  GTs), from small ``(B, G, q)`` index tensors -- no dense ``(B, G, N)`` selection mask and no
+  loop over GTs.
 
-Shapes: ``B`` images, ``g`` GTs in the current chunk, ``N`` priors.
+Shapes: ``B`` images, ``g`` GTs in the current chunk (``G`` in all), ``N`` priors.
+
+The hot loops here run on ``(B, g, N)`` tensors of up to ``max_pairs`` elements. On a CPU a fresh
+allocation of such a tensor costs more than the arithmetic (page faults), so the helpers take
+optional ``out`` / scratch buffers and work in place, keeping mmdetection's order of operations
+(hence its bits) wherever it matters.
 """
 
 from __future__ import annotations
@@ -23,23 +26,117 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core import Priors
+
 __all__ = [
-    "DynamicKResolver",
+    "FAR",
+    "LowestCost",
+    "Scratch",
     "aligned_iou",
-    "dynamic_k_select",
-    "gather_class_columns",
+    "class_rows",
+    "dynamic_k",
+    "final_gt_index",
     "pairwise_iou",
+    "points_inside",
     "prepare_scores",
+    "resolve_dynamic_k",
 ]
 
 MMDET_IOU_EPS = 1e-6  # BboxOverlaps2D default
+#: coordinate of the degenerate box that stands in for a non-candidate prior's prediction: its
+#: IoU with every GT is exactly 0.
+FAR = -1e30
 
 
-def pairwise_iou(gt_boxes: Tensor, pred_boxes: Tensor, eps: float = MMDET_IOU_EPS) -> Tensor:
+class Scratch:
+    """Named reusable buffers for the ``(B, g, N)`` tensors of one call, sized for the largest GT
+    chunk and allocated on first use. ``get(name, g)`` returns a *contiguous* ``(B, g, N)`` view
+    (the prefix of the buffer), so chunks of any size up to the largest can share it."""
+
+    def __init__(self, batch_size: int, max_g: int, num_priors: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.B, self.G, self.N = batch_size, max_g, num_priors
+        self.dtype, self.device = dtype, device
+        self._bufs: dict[tuple[str, torch.dtype], Tensor] = {}
+
+    def get(self, name: str, g: int, dtype: torch.dtype | None = None) -> Tensor:
+        dt = dtype or self.dtype
+        buf = self._bufs.get((name, dt))
+        if buf is None:
+            buf = torch.empty(self.B * self.G * self.N, dtype=dt, device=self.device)
+            self._bufs[(name, dt)] = buf
+        return buf[: self.B * g * self.N].view(self.B, g, self.N)
+
+
+def _grid(priors: Priors, level: int) -> tuple[Tensor, Tensor, int, int, int] | None:
+    """``(xs (cols,), ys (rows,), rows, cols, anchors)`` of a level whose priors form a row-major
+    grid (:func:`~assignlab.core.make_priors`), or None when the layout is unknown
+    (``Priors.from_tensors`` records ``(0, 0)`` shapes)."""
+    rows, cols = priors.level_shapes[level]
+    na = priors.num_anchors[level]
+    n = priors.num_level_priors[level]
+    if rows <= 0 or cols <= 0 or rows * cols * na != n:
+        return None
+    start = sum(priors.num_level_priors[:level])
+    xs = priors.points[start : start + cols * na : na, 0]
+    ys = priors.points[start : start + n : cols * na, 1]
+    return xs, ys, rows, cols, na
+
+
+def points_inside(
+    priors: Priors, left: Tensor, top: Tensor, right: Tensor, bottom: Tensor, out: Tensor, tmp: Tensor,
+    eps: float | None = None, per_level: list[tuple[Tensor, Tensor, Tensor, Tensor]] | None = None,
+) -> Tensor:
+    """``out[b, j, n]`` = prior ``n``'s centre strictly inside box ``j`` of image ``b``.
+
+    The box edges are ``(B, g)`` tensors (or, with ``per_level``, one ``(left, top, right,
+    bottom)`` per level, e.g. a centre region whose size depends on the stride). With ``eps=None``
+    the test is ``left < x < right`` and ``top < y < bottom`` (equal, bit for bit, to mmdet's
+    ``min(x - left, ...) > 0``); with ``eps`` it is ``x - left > eps`` etc. (mmdet's TAL uses
+    0.01, ultralytics 1e-9). NaN edges give False (used for padded GT rows).
+
+    Levels laid out as a grid are tested per axis, ``(B, g, cols)`` and ``(B, g, rows)``, and
+    combined with one broadcast AND; other levels are tested densely. ``out`` and ``tmp`` are
+    ``(B, g, N)`` bool buffers.
+    """
+    B, g = out.shape[:2]
+    px, py = priors.points[:, 0].to(left.dtype), priors.points[:, 1].to(left.dtype)
+
+    def gt_(a: Tensor, b: Tensor, o: Tensor | None = None) -> Tensor:
+        if eps is None:
+            return torch.gt(a, b, out=o) if o is not None else a > b
+        d = a - b
+        return torch.gt(d, eps, out=o) if o is not None else d > eps
+
+    for li, sl in enumerate(priors.level_slices()):
+        lt, tp, rt, bt = per_level[li] if per_level is not None else (left, top, right, bottom)
+        grid = _grid(priors, li)
+        if grid is not None:
+            xs, ys, rows, cols, na = grid
+            xs, ys = xs.to(left.dtype), ys.to(left.dtype)
+            inx = gt_(xs, lt[..., None]) & gt_(rt[..., None], xs)  # (B, g, cols)
+            iny = gt_(ys, tp[..., None]) & gt_(bt[..., None], ys)  # (B, g, rows)
+            o = out[:, :, sl].view(B, g, rows, cols, na)
+            torch.logical_and(iny[..., :, None, None], inx[..., None, :, None], out=o)
+        else:
+            o, w = out[:, :, sl], tmp[:, :, sl]
+            gt_(px[sl], lt[..., None], o)
+            o &= gt_(py[sl], tp[..., None], w)
+            o &= gt_(rt[..., None], px[sl], w)
+            o &= gt_(bt[..., None], py[sl], w)
+    return out
+
+
+def pairwise_iou(
+    gt_boxes: Tensor, pred_boxes: Tensor, eps: float = MMDET_IOU_EPS, out: Tensor | None = None,
+    tmp: Tensor | None = None, tmp2: Tensor | None = None,
+) -> Tensor:
     """IoU of every GT with every predicted box of the same image: ``(B, g, 4) x (B, N, 4) -> (B, g, N)``.
 
     mmdetection's ``bbox_overlaps`` order of operations (union clamped at ``eps``), so the values
     are bit-identical to mmdet's ``BboxOverlaps2D`` and 0 (not NaN) for two zero-area boxes.
+    ``out``, ``tmp`` and ``tmp2`` are optional ``(B, g, N)`` scratch buffers (the result is
+    written to ``out``).
 
     Example::
 
@@ -47,14 +144,26 @@ def pairwise_iou(gt_boxes: Tensor, pred_boxes: Tensor, eps: float = MMDET_IOU_EP
         pred [[[0, 0, 10, 10], [5, 0, 15, 10], [3, 3, 3, 3]]]
         ->   [[[1.0000, 0.3333, 0.0000]]]
     """
-    lt = torch.maximum(gt_boxes[:, :, None, :2], pred_boxes[:, None, :, :2])
-    rb = torch.minimum(gt_boxes[:, :, None, 2:], pred_boxes[:, None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
+    B, g = gt_boxes.shape[:2]
+    N = pred_boxes.shape[1]
+    if out is None:
+        out = torch.empty(B, g, N, dtype=pred_boxes.dtype, device=pred_boxes.device)
+    if tmp is None:
+        tmp = torch.empty_like(out)
+    if tmp2 is None:
+        tmp2 = torch.empty_like(out)
+    gx1, gy1, gx2, gy2 = (gt_boxes[..., i, None] for i in range(4))  # (B, g, 1)
+    px1, py1, px2, py2 = (pred_boxes[:, None, :, i] for i in range(4))  # (B, 1, N)
+    iw = torch.minimum(gx2, px2, out=out)
+    iw.sub_(torch.maximum(gx1, px1, out=tmp)).clamp_(min=0)
+    ih = torch.minimum(gy2, py2, out=tmp)
+    ih.sub_(torch.maximum(gy1, py1, out=tmp2)).clamp_(min=0)
+    inter = iw.mul_(ih)
     area_g = (gt_boxes[..., 2] - gt_boxes[..., 0]) * (gt_boxes[..., 3] - gt_boxes[..., 1])
     area_p = (pred_boxes[..., 2] - pred_boxes[..., 0]) * (pred_boxes[..., 3] - pred_boxes[..., 1])
-    union = area_p[:, None, :] + area_g[:, :, None] - inter
-    return inter / union.clamp(min=eps)
+    union = torch.add(area_p[:, None, :], area_g[:, :, None], out=tmp)
+    union.sub_(inter).clamp_(min=eps)
+    return inter.div_(union)
 
 
 def aligned_iou(boxes1: Tensor, boxes2: Tensor, eps: float = MMDET_IOU_EPS) -> Tensor:
@@ -80,6 +189,97 @@ def prepare_scores(pred_scores: Tensor, scores_are: str) -> tuple[Tensor, Tensor
     return x, None
 
 
+def class_rows(labels: Tensor, gt_valid: Tensor, rows_per_image: int, pad_row: int) -> Tensor:
+    """Flat row ids ``b * rows_per_image + label`` (``pad_row`` for padded GTs) for
+    ``index_select`` into a ``(B * rows_per_image, ...)`` per-class table."""
+    B = labels.shape[0]
+    lab = torch.where(gt_valid, labels, torch.full_like(labels, pad_row))
+    base = torch.arange(B, device=labels.device)[:, None] * rows_per_image
+    return (base + lab).reshape(-1)
+
+
+def dynamic_k(ious: Tensor, q: int, gt_valid: Tensor) -> Tensor:
+    """``(B, g)`` long: ``max(1, int(sum of the top-q IoUs))`` of each GT, 0 on ``~gt_valid``.
+
+    ``ious`` ``(B, g, N)`` must be 0 on priors that are not candidates (they then add nothing,
+    exactly as mmdet's sum over its ``min(q, num_candidates)`` candidates).
+
+    Worked example (q = 3): candidate IoUs ``[0.9, 0.8, 0.7, 0.1]`` -> top-3 sum 2.4 ->
+    ``k = max(1, int(2.4)) = 2``. Since every IoU is at most 1, ``k <= min(q, #candidates)``.
+    """
+    qq = min(int(q), ious.shape[-1])
+    top = ious.topk(qq, dim=-1).values  # (B, g, qq), sorted descending
+    s = top[..., 0]
+    for j in range(1, qq):  # sequential, largest first (mmdet's topk(...).sum(0))
+        s = s + top[..., j]
+    k = s.to(torch.int32).clamp(min=1).long()
+    return torch.where(gt_valid, k, torch.zeros_like(k))
+
+
+def resolve_dynamic_k(idx: Tensor, k: Tensor, num_priors: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Combine every GT's choice into one GT per prior.
+
+    Args:
+        idx: ``(B, G, q)`` long, each GT's priors in increasing cost order (``topk(largest=False)``).
+        k: ``(B, G)`` how many of them the GT takes (its dynamic k; 0 for padded GTs).
+        num_priors: ``N``.
+
+    Returns:
+        ``(count, chooser, positions)``: ``count`` ``(B, N)`` how many GTs chose each prior,
+        ``chooser`` ``(B, N)`` the (highest-index) GT that chose it (-1 if none), and
+        ``positions`` ``(B, G * q)`` the chosen prior indices (entries past a GT's k point at
+        priors too, harmlessly), for the lowest-cost look-up of priors chosen several times.
+
+    Example (one image, N = 4, q = 2): ``idx [[1, 2], [2, 0]]``, ``k [1, 2]`` -> GT 0 takes
+    prior 1, GT 1 takes priors 2 and 0 -> ``count [1, 1, 1, 0]``, ``chooser [1, 0, 1, -1]``.
+    """
+    B, G, q = idx.shape
+    ok = torch.arange(q, device=idx.device)[None, None, :] < k[..., None]  # (B, G, q)
+    flat = idx.reshape(B, G * q)
+    count = torch.zeros(B, num_priors, dtype=torch.long, device=idx.device)
+    count.scatter_add_(1, flat, ok.reshape(B, -1).long())
+    rows = torch.arange(G, device=idx.device)[None, :, None].expand(B, G, q)
+    who = torch.where(ok, rows, torch.full_like(rows, -1)).reshape(B, -1)
+    chooser = torch.full((B, num_priors), -1, dtype=torch.long, device=idx.device)
+    chooser.scatter_reduce_(1, flat, who, reduce="amax", include_self=True)
+    return count, chooser, flat
+
+
+class LowestCost:
+    """Running argmin over GT chunks of the cost at fixed prior positions ``(B, M)``: the GT of
+    lowest cost over *all* real GTs (ties: the lowest GT index, as ``torch.min``)."""
+
+    def __init__(self, positions: Tensor, dtype: torch.dtype) -> None:
+        B, M = positions.shape
+        self.positions = positions
+        self.best = torch.full((B, M), float("inf"), dtype=dtype, device=positions.device)
+        self.gt = torch.zeros(B, M, dtype=torch.long, device=positions.device)
+
+    def update(self, cost: Tensor, start: int) -> None:
+        """``cost`` ``(B, g, N)`` of GT rows ``start .. start + g`` (``inf`` on padded rows)."""
+        B, g, _ = cost.shape
+        if g == 0:
+            return
+        c = torch.gather(cost, 2, self.positions[:, None, :].expand(B, g, -1))  # (B, g, M)
+        cmin, carg = c.min(dim=1)
+        better = cmin < self.best
+        self.best = torch.where(better, cmin, self.best)
+        self.gt = torch.where(better, carg + start, self.gt)
+
+    def per_prior(self, num_priors: int) -> Tensor:
+        """``(B, N)`` the lowest-cost GT of every prior that appears in ``positions`` (every
+        position of one prior holds the same value), 0 elsewhere."""
+        B = self.gt.shape[0]
+        out = torch.zeros(B, num_priors, dtype=torch.long, device=self.gt.device)
+        return out.scatter_(1, self.positions, self.gt)
+
+
+def final_gt_index(count: Tensor, chooser: Tensor, lowest: Tensor) -> Tensor:
+    """One chooser -> it; several -> the lowest-cost GT; none -> -1."""
+    return torch.where(count > 1, lowest, torch.where(count == 1, chooser, torch.full_like(chooser, -1)))
+
+
+# --- legacy (being removed) ---
 def gather_class_columns(table: Tensor, labels: Tensor) -> Tensor:
     """``table`` ``(B, C, N)`` (class-major), ``labels`` ``(B, g)`` -> ``(B, g, N)`` with
     ``out[b, j, n] = table[b, labels[b, j], n]``."""

@@ -55,17 +55,21 @@ Everything is batched: ``(B, G)`` padded GTs, GT chunks under ``max_pairs`` (ide
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._dynamic_k import (
-    DynamicKResolver,
+    FAR,
+    LowestCost,
+    Scratch,
     aligned_iou,
-    dynamic_k_select,
-    gather_class_columns,
+    class_rows,
+    dynamic_k,
+    final_gt_index,
     pairwise_iou,
+    points_inside,
     prepare_scores,
+    resolve_dynamic_k,
 )
 from .base import Assigner, check_predictions
 
@@ -142,23 +146,45 @@ class SimOTAAssigner(Assigner):
         return cls(**kw)
 
     # -- geometry -------------------------------------------------------------------------
-    def _geometry(self, priors: Priors, boxes: Tensor, gmask: Tensor) -> tuple[Tensor, Tensor]:
-        """``(in_box, in_centre)`` ``(B, g, N)`` bool, False on padded rows."""
-        px, py = priors.points[:, 0], priors.points[:, 1]
-        x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))  # (B, g, 1)
-        in_box = torch.minimum(torch.minimum(px - x1, py - y1), torch.minimum(x2 - px, y2 - py)) > 0
+    def _geometry(self, priors: Priors, boxes: Tensor, gmask: Tensor, scratch: Scratch) -> tuple[Tensor, Tensor, Tensor]:
+        """``(in_any_box (B, N), in_any_centre (B, N), central (B, g, N))`` for a GT chunk.
+
+        ``central`` is the pair's "no penalty" mask: in the box AND in the centre region
+        (mmdet) or in the centre region (yolox). Strict tests ``p > edge``, which equal mmdet's
+        ``p - edge > 0`` exactly. Padded rows are False everywhere.
+        """
+        B, g = boxes.shape[:2]
+        nan = torch.full((), float("nan"), dtype=boxes.dtype, device=boxes.device)
+        # NaN edges make every comparison False: padded rows never contain a prior
+        x1, y1, x2, y2 = (torch.where(gmask, boxes[..., i], nan) for i in range(4))
         cx = (x1 + x2) / 2.0
         cy = (y1 + y2) / 2.0
-        r = self.center_radius * priors.strides.to(boxes.dtype)  # (N,)
-        in_ctr = torch.minimum(torch.minimum(px - (cx - r), py - (cy - r)), torch.minimum((cx + r) - px, (cy + r) - py)) > 0
-        m = gmask[:, :, None]
-        return in_box & m, in_ctr & m
-
-    def _pair_terms(self, in_box: Tensor, in_ctr: Tensor) -> tuple[Tensor, Tensor]:
-        """``(candidate contribution, central)`` of each pair for the current flavour."""
+        tmp = scratch.get("btmp", g, torch.bool)
+        regions = []
+        for stride in priors.level_strides:
+            # mmdet: gt_cx - center_radius * stride (a float32 product), etc.
+            rad = torch.full((), stride, dtype=boxes.dtype, device=boxes.device) * self.center_radius
+            regions.append((cx - rad, cy - rad, cx + rad, cy + rad))
+        in_ctr = points_inside(priors, x1, y1, x2, y2, scratch.get("in_ctr", g, torch.bool), tmp, per_level=regions)
         if _FLAVOURS[self.flavour][2]:
-            return in_box | in_ctr, in_box & in_ctr
-        return in_ctr, in_ctr
+            in_box = points_inside(priors, x1, y1, x2, y2, scratch.get("in_box", g, torch.bool), tmp)
+            return in_box.any(dim=1), in_ctr.any(dim=1), in_box.logical_and_(in_ctr)
+        return torch.zeros(B, priors.num_priors, dtype=torch.bool, device=boxes.device), in_ctr.any(dim=1), in_ctr
+
+    def _cost(self, gt_boxes: Tensor, rows: Tensor, table: Tensor, boxes_c: Tensor, central: Tensor,
+              scratch: Scratch) -> tuple[Tensor, Tensor]:
+        """``(cost, ious)`` ``(B, g, N)`` of a GT chunk (``rows``: its class-table rows)."""
+        B, g = gt_boxes.shape[:2]
+        N = boxes_c.shape[1]
+        ious = pairwise_iou(gt_boxes, boxes_c, out=scratch.get("iou", g), tmp=scratch.get("a", g),
+                            tmp2=scratch.get("b", g))
+        cost = scratch.get("cost", g)
+        torch.index_select(table, 0, rows, out=cost.view(B * g, N))  # cls_weight * BCE cost (inf: no candidate)
+        # + iou_weight * -log(IoU + eps), as log(IoU + eps) * -iou_weight (same bits)
+        cost.add_(torch.add(ious, self.iou_eps, out=scratch.get("a", g)).log_().mul_(-self.iou_weight))
+        pen = torch.add(cost, self.penalty, out=scratch.get("a", g))
+        torch.where(central, cost, pen, out=cost)
+        return cost, ious
 
     # -- main -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -187,38 +213,68 @@ class SimOTAAssigner(Assigner):
                 extras={"overlaps": zeros_bn, "candidates": torch.zeros(B, N, dtype=torch.bool, device=device)}
             )
         chunks = gt_chunks(B, G, N, self.max_pairs)
+        scratch = Scratch(B, max(c.stop - c.start for c in chunks), N, dtype, device)
+        single = len(chunks) == 1
 
-        # pass 1: candidate priors (union over the real GTs)
+        # pass 1: candidates = priors in some GT box or some GT's centre region (mmdet), or in
+        # some centre region (yolox)
         candidates = torch.zeros(B, N, dtype=torch.bool, device=device)
-        cache = None
+        central_cache = None
         for sl in chunks:
-            in_box, in_ctr = self._geometry(priors, gt_boxes[:, sl], gt.mask[:, sl])
-            cand, _ = self._pair_terms(in_box, in_ctr)
-            candidates |= cand.any(dim=1)
-            if len(chunks) == 1:
-                cache = (in_box, in_ctr)
+            any_box, any_ctr, central = self._geometry(priors, gt_boxes[:, sl], gt.mask[:, sl], scratch)
+            candidates |= any_box | any_ctr
+            if single:
+                central_cache = central
+        has_cand = candidates.any(dim=1, keepdim=True)
 
-        # classification cost terms, per (image, prior, class): BCE against 0 and against 1
-        neg = F.binary_cross_entropy(probs, torch.zeros_like(probs), reduction="none")
-        pos = F.binary_cross_entropy(probs, torch.ones_like(probs), reduction="none")
-        neg_sum = neg.sum(dim=-1)  # (B, N): cost of a prior if every class were background
-        delta = (pos - neg).transpose(1, 2).contiguous()  # (B, C, N): swap one class to foreground
+        # per-class cost table (B, C + 1, N): BCE of the prior's probabilities against each class's
+        # one-hot label (= sum of every class as background, with that class swapped to foreground);
+        # row C (padded GTs) and non-candidate priors are +inf
+        p_t = probs.transpose(1, 2).contiguous()  # (B, C, N)
+        log_pos = torch.log(p_t).clamp_(min=-100)  # -BCE(p, 1), clamped as F.binary_cross_entropy
+        log_neg = p_t.neg_().log1p_().clamp_(min=-100)  # -BCE(p, 0)
+        bg = log_neg.sum(dim=1, keepdim=True).neg_()  # (B, 1, N) cost if every class were background
+        bg.masked_fill_(~candidates[:, None, :], float("inf"))
+        table = torch.empty(B, C + 1, N, dtype=dtype, device=device)
+        # swap the GT's class to foreground: + BCE(p, 1) - BCE(p, 0) = log(1 - p) - log(p)
+        torch.sub(log_neg, log_pos, out=table[:, :C]).add_(bg)
+        del log_neg, log_pos, p_t
+        if self.cls_weight != 1.0:
+            table[:, :C] *= self.cls_weight
+        table[:, C] = float("inf")
+        table = table.view(B * (C + 1), N)
+        # non-candidates predict a far-away point: IoU 0 with every GT, so they add nothing to k
+        boxes_c = torch.where(candidates[..., None], boxes_p, torch.full((), FAR, dtype=dtype, device=device))
 
-        # pass 2: costs, dynamic k, running conflict resolution
-        resolver = DynamicKResolver(B, N, dtype, device)
+        # pass 2: costs, dynamic k, each GT's cheapest priors
+        q = min(self.candidate_topk, N)
+        idx = torch.zeros(B, G, q, dtype=torch.long, device=device)
+        ks = torch.zeros(B, G, dtype=torch.long, device=device)
+        cost_cache = None
         for sl in chunks:
             gmask = gt.mask[:, sl]
-            in_box, in_ctr = cache if cache is not None else self._geometry(priors, gt_boxes[:, sl], gmask)
-            _, central = self._pair_terms(in_box, in_ctr)
-            ious = pairwise_iou(gt_boxes[:, sl], boxes_p)  # (B, g, N)
-            iou_cost = -torch.log(ious + self.iou_eps)
-            cls_cost = neg_sum[:, None, :] + gather_class_columns(delta, gt.labels[:, sl])
-            cost = cls_cost * self.cls_weight + iou_cost * self.iou_weight + (~central) * self.penalty
-            selected, _ = dynamic_k_select(cost, ious, candidates, gmask, self.candidate_topk)
-            resolver.update(selected, cost, gmask, sl.start)
-            del in_box, in_ctr, central, ious, iou_cost, cls_cost, cost, selected
+            central = central_cache if single else self._geometry(priors, gt_boxes[:, sl], gmask, scratch)[2]
+            rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)
+            cost, ious = self._cost(gt_boxes[:, sl], rows, table, boxes_c, central, scratch)
+            ks[:, sl] = dynamic_k(ious, q, gmask & has_cand)
+            idx[:, sl] = cost.topk(q, dim=-1, largest=False).indices
+            if single:
+                cost_cache = cost
 
-        gt_index = resolver.gt_index()
+        # pass 3: priors chosen by several GTs go to the GT of lowest cost over all GTs
+        count, chooser, positions = resolve_dynamic_k(idx, ks, N)
+        lowest = LowestCost(positions, dtype)
+        for sl in chunks:
+            if single:
+                cost = cost_cache
+            else:
+                gmask = gt.mask[:, sl]
+                central = self._geometry(priors, gt_boxes[:, sl], gmask, scratch)[2]
+                rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)
+                cost = self._cost(gt_boxes[:, sl], rows, table, boxes_c, central, scratch)[0]
+            lowest.update(cost, sl.start)
+        gt_index = final_gt_index(count, chooser, lowest.per_prior(N))
+
         positive = gt_index >= 0
         assigned = torch.gather(gt_boxes, 1, gt_index.clamp(min=0)[..., None].expand(B, N, 4))
         overlaps = torch.where(positive, aligned_iou(assigned, boxes_p), zeros_bn)
