@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -52,6 +53,22 @@ def test_crash_mid_write_keeps_previous_file(tmp_path, monkeypatch):
     assert p.read_bytes() == before
     assert load_checkpoint(p)["epoch"] == 1
     assert [f.name for f in tmp_path.iterdir()] == ["last.pt"]  # temp file removed
+
+
+def test_disk_full_is_a_clear_error(tmp_path, monkeypatch):
+    p = tmp_path / "last.pt"
+    save_checkpoint(p, _state(1.0))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ck_mod.os, "fsync", full)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*last\.pt: No space left on device; "
+                                              r"the previous last\.pt is intact"):
+        save_checkpoint(p, _state(2.0))
+    monkeypatch.undo()
+    assert load_checkpoint(p)["epoch"] == 1
+    assert [f.name for f in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_sigkill_mid_write_keeps_previous_file(tmp_path):

@@ -113,13 +113,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Atomically save ``state`` (tensors and plain containers only) to ``path``.
 
     The format marker and version are added. Raises ``TypeError`` up front if ``state`` holds a
-    type that ``load_checkpoint`` would refuse, so an unloadable file is never written.
+    type that ``load_checkpoint`` would refuse, so an unloadable file is never written, and
+    :class:`CheckpointError` (naming the file, e.g. "No space left on device") when writing fails;
+    the previous file is then untouched.
     """
     state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
     _check_plain(state, "state")
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue(), fault_points=True)
+    try:
+        atomic_write_bytes(path, buf.getvalue(), fault_points=True)
+    except OSError as e:
+        p = Path(path)
+        keep = f"; the previous {p.name} is intact" if p.exists() else ""
+        raise CheckpointError(f"cannot write checkpoint {p}: {e.strerror or e}{keep}") from e
 
 
 _SCALARS = (str, int, float, bool, type(None))  # exact types: numpy scalars / str subclasses are refused

@@ -27,8 +27,8 @@ __all__ = ["add_train_args", "cmd_train", "add_eval_args", "cmd_eval", "train_ov
 # argparse dest -> TrainConfig key, for the dedicated options
 _TRAIN_OPTS: dict[str, tuple[str, type | None, str]] = {
     "data": ("data", str, "data YAML or dataset folder (default: synthetic data)"),
-    "assigner": ("assigner", str, "assigner name (see assignlab.assigners.ASSIGNERS)"),
-    "loss": ("loss", str, "loss name (preset or classification loss)"),
+    "assigner": ("assigner", str, "assigner"),
+    "loss": ("loss", str, "loss"),
     "head": ("head", str, "detector head: anchor | free"),
     "reg_max": ("reg_max", int, "DFL bins - 1 of the free head (0 = off)"),
     "width": ("width", float, "model width multiplier"),
@@ -47,9 +47,19 @@ _TRAIN_OPTS: dict[str, tuple[str, type | None, str]] = {
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``assignlab train``."""
+    from .config import TrainConfig, assigner_table, loss_names
+
+    try:
+        extra = {"assigner": ", ".join(sorted(assigner_table())), "loss": ", ".join(loss_names())}
+    except ImportError:  # pragma: no cover - partial installs
+        extra = {}
+    default = TrainConfig()
     parser.add_argument("--config", metavar="YAML", help="training config YAML (keys of TrainConfig)")
-    for dest, (_key, typ, help_) in _TRAIN_OPTS.items():
-        parser.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=help_)
+    for dest, (key, typ, help_) in _TRAIN_OPTS.items():
+        h = f"{help_}: {extra[dest]}" if dest in extra else help_
+        if "default" not in h:
+            h += f" (default: {getattr(default, key)})"
+        parser.add_argument("--" + dest.replace("_", "-"), dest=dest, type=typ, default=None, help=h)
     parser.add_argument("--assigner-opt", action="append", metavar="K=V", default=[],
                         help="assigner constructor option (repeatable), value parsed as YAML")
     parser.add_argument("--loss-opt", action="append", metavar="K=V", default=[],

@@ -140,6 +140,10 @@ def predict_dataset(
     """COCO results (original image coords) of ``model`` on every image of ``dataset``."""
     from ..data import build_loader
 
+    ds_size = getattr(dataset, "img_size", None)
+    if ds_size is not None and int(ds_size) != int(img_size):
+        raise ValueError(f"the dataset letterboxes to {ds_size} px but img_size={img_size} was asked; "
+                         "build the dataset with the evaluation size")
     model = unwrap_model(model)
     if device is None:
         device = next(model.parameters()).device
