@@ -21,8 +21,9 @@ Worked example, ``k = 2``, ``min_iou = 0``, five priors and two GTs::
     overlaps     [0.70, 0.60, 0.00, 0.05, 0.00]
 
 A small GT thus gets ``k`` positives just like a large one, even when its best IoU is only 0.05
-(raise ``min_iou`` to drop such weak matches). When several priors tie at the ``k``-th place,
-``torch.topk`` decides which are kept (deterministic on a given device).
+(raise ``min_iou`` to drop such weak matches). Priors tied at the ``k``-th place are taken in
+prior order (lowest index first): anchor-free squares of ``8 * stride`` often contain a small GT
+entirely and then share the same IoU ``area(g) / area(prior)``.
 
 Outputs: hard targets (``quality`` 1); ``extras["overlaps"]`` ``(B, N)`` is the IoU of each
 positive with its GT, 0 elsewhere. Anchor-free priors are matched with ``priors.boxes(square_scale)``
@@ -35,10 +36,12 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
-from ._grid import level_iou, level_layouts, merge_best, prior_areas, sanitize_gt
+from ._grid import key_index, level_iou, level_layouts, merge_best, prior_areas, sanitize_gt, sort_key
 from .base import Assigner
 
 __all__ = ["TopKAssigner"]
+
+_LOW32 = 0xFFFFFFFF
 
 
 class TopKAssigner(Assigner):
@@ -88,15 +91,16 @@ class TopKAssigner(Assigner):
         best_gt = torch.full((B, N), -1, dtype=torch.long, device=dev)
         for sl in chunks:
             g = sl.stop - sl.start
-            vals, idxs = [], []
+            keys = []
             for lay in layouts:
                 iou = level_iou(pboxes, parea, lay, gboxes[:, sl], garea[:, sl], out=buf, work=work)  # (B, n, g)
-                v, i = iou.topk(min(k, lay.n), dim=1)
-                vals.append(v)
-                idxs.append(i + lay.start)
+                # rank by (IoU descending, prior index ascending): exact and deterministic on ties
+                rev = _LOW32 - torch.arange(lay.start, lay.stop, device=dev).reshape(1, lay.n, 1)
+                keys.append(sort_key(iou, rev).topk(min(k, lay.n), dim=1).values)
             # the k best over all levels are among the k best of each level
-            v, j = torch.cat(vals, dim=1).topk(k, dim=1)  # (B, k, g)
-            idx = torch.gather(torch.cat(idxs, dim=1), 1, j)
+            key = torch.cat(keys, dim=1).topk(k, dim=1).values  # (B, k, g)
+            idx = _LOW32 - key_index(key)
+            v = (key >> 32).to(torch.int32).view(torch.float32).to(dtype)
             pos = (v > self.min_iou) & valid[:, None, sl]
             val = torch.where(pos, v, float("-inf"))
             gidx = torch.arange(sl.start, sl.stop, device=dev).reshape(1, 1, g).expand(B, k, g)
