@@ -46,12 +46,18 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._dynamic_k import (
-    DynamicKResolver,
+    FAR,
+    LowestCost,
+    Scratch,
+    _grid,
     aligned_iou,
-    dynamic_k_select,
-    gather_class_columns,
+    class_rows,
+    dynamic_k,
+    final_gt_index,
     pairwise_iou,
+    points_inside,
     prepare_scores,
+    resolve_dynamic_k,
 )
 from .base import Assigner, check_predictions
 
@@ -95,17 +101,57 @@ class DynamicSoftLabelAssigner(Assigner):
         self.iou_weight = float(iou_weight)
         self.scores_are = scores_are
 
-    @staticmethod
-    def _in_boxes(priors: Priors, boxes: Tensor, gmask: Tensor) -> Tensor:
-        px, py = priors.points[:, 0], priors.points[:, 1]
-        x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
-        inside = torch.minimum(torch.minimum(px - x1, py - y1), torch.minimum(x2 - px, y2 - py)) > 0
-        return inside & gmask[:, :, None]
+    def _centre_cost(self, priors: Priors, centre: Tensor, out: Tensor, tmp: Tensor) -> Tensor:
+        """``10 ** (|prior - GT centre| / stride - soft_center_radius)`` into ``out`` ``(B, g, N)``.
 
-    def _bce(self, scores: Tensor, target: Tensor) -> Tensor:
-        if self.scores_are == "logits":
-            return F.binary_cross_entropy_with_logits(scores, target, reduction="none")
-        return F.binary_cross_entropy(scores, target, reduction="none")
+        mmdet's operations: ``((p - c) ** 2).sum(-1).sqrt() / stride``; the squared offsets are
+        computed per grid column / row when the level is a grid (same values, fewer operations).
+        """
+        B, g = centre.shape[:2]
+        cx, cy = centre[..., 0], centre[..., 1]
+        for li, sl in enumerate(priors.level_slices()):
+            grid = _grid(priors, li)
+            o = out[:, :, sl]
+            if grid is not None:
+                xs, ys, rows, cols, na = grid
+                dx2 = (xs.to(cx.dtype) - cx[..., None]).pow(2)  # (B, g, cols)
+                dy2 = (ys.to(cy.dtype) - cy[..., None]).pow(2)  # (B, g, rows)
+                torch.add(dx2[..., None, :, None], dy2[..., :, None, None], out=o.view(B, g, rows, cols, na))
+            else:
+                w = tmp[:, :, sl]
+                torch.sub(priors.points[sl, 0].to(cx.dtype), cx[..., None], out=o).pow_(2)
+                o.add_(torch.sub(priors.points[sl, 1].to(cy.dtype), cy[..., None], out=w).pow_(2))
+            o.sqrt_().div_(priors.level_strides[li])
+        out.sub_(self.soft_center_radius)
+        return torch.pow(10, out, out=out)
+
+    def _tables(self, probs: Tensor, logits: Tensor | None, candidates: Tensor) -> list[Tensor]:
+        """Four ``(B * (C + 1), N)`` per-class tables for the soft-label classification cost:
+        ``[a, b, p, rest]`` with ``a, b`` the two logs of the BCE (logits: ``x``, ``log_sigmoid(x)``;
+        probabilities: clamped ``log(1 - p)``, ``log(p)``), ``p`` the probability, and ``rest`` the
+        summed background cost of all the *other* classes (``inf`` for non-candidate priors and
+        in row ``C``, the row of padded GTs)."""
+        B, N, C = probs.shape
+        p_t = probs.transpose(1, 2).contiguous()  # (B, C, N)
+        if logits is not None:
+            a = logits.transpose(1, 2).contiguous()
+            b = F.logsigmoid(a)
+            bg = a - b  # BCE_with_logits(x, 0) = (1 - 0) * x - log_sigmoid(x)
+        else:
+            a = torch.log1p(-p_t).clamp_(min=-100)
+            b = torch.log(p_t).clamp_(min=-100)
+            bg = a.neg()  # BCE(p, 0) = -max(log(1 - p), -100)
+        bg.mul_(p_t * p_t)  # * |0 - p| ** 2
+        rest = bg.sum(dim=1, keepdim=True)
+        rest.masked_fill_(~candidates[:, None, :], float("inf"))
+        rest = rest - bg
+        out = []
+        for t, pad in ((a, 0.0), (b, 0.0), (p_t, 0.0), (rest, float("inf"))):
+            full = torch.empty(B, C + 1, N, dtype=probs.dtype, device=probs.device)
+            full[:, :C] = t
+            full[:, C] = pad
+            out.append(full.view(B * (C + 1), N))
+        return out
 
     @torch.no_grad()
     def __call__(
@@ -122,7 +168,7 @@ class DynamicSoftLabelAssigner(Assigner):
         probs, logits = prepare_scores(pred_scores, self.scores_are)
         dtype = probs.dtype if probs.dtype == torch.float64 else torch.float32
         probs = probs.to(dtype)
-        raw = (logits if logits is not None else probs).to(dtype)  # what the BCE takes
+        logits = logits.to(dtype) if logits is not None else None
         C = probs.shape[-1]
         boxes_p = pred_boxes.detach().to(dtype)
         gt_boxes = gt.boxes.to(dtype)
@@ -134,46 +180,66 @@ class DynamicSoftLabelAssigner(Assigner):
                 extras={"overlaps": zeros_bn, "candidates": torch.zeros(B, N, dtype=torch.bool, device=device)}
             )
         chunks = gt_chunks(B, G, N, self.max_pairs)
+        scratch = Scratch(B, max(c.stop - c.start for c in chunks), N, dtype, device)
+        single = len(chunks) == 1
+        nan = torch.full((), float("nan"), dtype=dtype, device=device)
 
-        # pass 1: candidates = centre strictly inside some real GT
+        # pass 1: candidates = centre strictly inside some real GT (NaN edges for padded rows)
         candidates = torch.zeros(B, N, dtype=torch.bool, device=device)
         for sl in chunks:
-            candidates |= self._in_boxes(priors, gt_boxes[:, sl], gt.mask[:, sl]).any(dim=1)
+            g = sl.stop - sl.start
+            x1, y1, x2, y2 = (torch.where(gt.mask[:, sl], gt_boxes[:, sl, i], nan) for i in range(4))
+            inside = points_inside(priors, x1, y1, x2, y2, scratch.get("in", g, torch.bool),
+                                   scratch.get("btmp", g, torch.bool))
+            candidates |= inside.any(dim=1)
+        has_cand = candidates.any(dim=1, keepdim=True)
+        tables = self._tables(probs, logits, candidates)
+        boxes_c = torch.where(candidates[..., None], boxes_p, torch.full((), FAR, dtype=dtype, device=device))
 
-        # classification cost of every class as background (soft label 0): BCE(s, 0) * sigmoid(s)**2
-        bg = self._bce(raw, torch.zeros_like(raw)) * (0 - probs).abs().pow(2.0)  # (B, N, C)
-        bg_sum = bg.sum(dim=-1)  # (B, N)
-        bg_t = bg.transpose(1, 2).contiguous()  # (B, C, N)
-        raw_t = raw.transpose(1, 2).contiguous()
-        prob_t = probs.transpose(1, 2).contiguous()
-        strides = priors.strides.to(dtype)
-        pts = priors.points.to(dtype)
-
-        resolver = DynamicKResolver(B, N, dtype, device)
-        for sl in chunks:
+        def cost_of(sl: slice) -> tuple[Tensor, Tensor]:
+            g = sl.stop - sl.start
             gmask = gt.mask[:, sl]
             boxes = gt_boxes[:, sl]
-            labels = gt.labels[:, sl]
-            # soft centre prior
-            centre = (boxes[..., :2] + boxes[..., 2:]) / 2.0  # (B, g, 2)
-            dx = pts[:, 0] - centre[..., 0, None]
-            dy = pts[:, 1] - centre[..., 1, None]
-            dist = (dx.pow(2) + dy.pow(2)).sqrt() / strides
-            centre_cost = torch.pow(10, dist - self.soft_center_radius)
-            # IoU cost
-            ious = pairwise_iou(boxes, boxes_p)
-            iou_cost = -torch.log(ious + IOU_EPS) * self.iou_weight
-            # soft-label classification cost: swap the GT class's background term for its IoU term
-            s_l = gather_class_columns(raw_t, labels)
-            p_l = gather_class_columns(prob_t, labels)
-            fg = self._bce(s_l, ious) * (ious - p_l).abs().pow(2.0)
-            cls_cost = bg_sum[:, None, :] + (fg - gather_class_columns(bg_t, labels))
-            cost = cls_cost + iou_cost + centre_cost
-            selected, _ = dynamic_k_select(cost, ious, candidates, gmask, self.topk)
-            resolver.update(selected, cost, gmask, sl.start)
-            del dx, dy, dist, centre_cost, ious, iou_cost, s_l, p_l, fg, cls_cost, cost, selected
+            rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)
+            ious = pairwise_iou(boxes, boxes_c, out=scratch.get("iou", g), tmp=scratch.get("a", g),
+                                tmp2=scratch.get("b", g))
+            cost, t = scratch.get("cost", g), scratch.get("a", g)
+            t2 = t.view(B * g, N)
 
-        gt_index = resolver.gt_index()
+            def pick(j: int) -> Tensor:
+                return torch.index_select(tables[j], 0, rows, out=t2).view(B, g, N)
+
+            # soft-label BCE against y = IoU for the GT's class: BCE(s, IoU) * |IoU - p| ** 2
+            if logits is not None:
+                torch.neg(ious, out=cost).add_(1).mul_(pick(0)).sub_(pick(1))  # (1 - y) * x - log_sigmoid(x)
+            else:
+                torch.sub(ious, 1, out=cost).mul_(pick(0))  # (y - 1) * log(1 - p) - y * log(p)
+                cost.sub_(pick(1).mul_(ious))
+            d = torch.sub(ious, pick(2), out=t)
+            cost.mul_(d.mul_(d)).add_(pick(3))  # + the other classes' background cost
+            # + iou_weight * -log(IoU + eps), as log(IoU + eps) * -iou_weight (same bits)
+            cost.add_(torch.add(ious, IOU_EPS, out=t).log_().mul_(-self.iou_weight))
+            centre = (boxes[..., :2] + boxes[..., 2:]) / 2.0
+            cost.add_(self._centre_cost(priors, centre, t, scratch.get("b", g)))
+            return cost, ious
+
+        q = min(self.topk, N)
+        idx = torch.zeros(B, G, q, dtype=torch.long, device=device)
+        ks = torch.zeros(B, G, dtype=torch.long, device=device)
+        cost_cache = None
+        for sl in chunks:
+            cost, ious = cost_of(sl)
+            ks[:, sl] = dynamic_k(ious, q, gt.mask[:, sl] & has_cand)
+            idx[:, sl] = cost.topk(q, dim=-1, largest=False).indices
+            if single:
+                cost_cache = cost
+
+        count, chooser, positions = resolve_dynamic_k(idx, ks, N)
+        lowest = LowestCost(positions, dtype)
+        for sl in chunks:
+            lowest.update(cost_cache if single else cost_of(sl)[0], sl.start)
+        gt_index = final_gt_index(count, chooser, lowest.per_prior(N))
+
         positive = gt_index >= 0
         assigned = torch.gather(gt_boxes, 1, gt_index.clamp(min=0)[..., None].expand(B, N, 4))
         overlaps = torch.where(positive, aligned_iou(assigned, boxes_p), zeros_bn)
