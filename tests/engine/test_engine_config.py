@@ -136,3 +136,20 @@ def test_save_roundtrip(tmp_path):
     save_train_config(c, tmp_path / "config.yaml")
     c2 = load_train_config(tmp_path / "config.yaml", None)
     assert c2 == c
+
+
+def test_real_assigners_and_losses(monkeypatch):
+    monkeypatch.undo()  # the real ASSIGNERS table
+    from assignlab.assigners import ASSIGNERS
+
+    c = load_train_config(None, {"assigner": "atss", "assigner_opts": {"topk": "5"}})
+    assert c.assigner_opts == {"topk": 5} and "atss" in ASSIGNERS
+    with pytest.raises(ConfigError, match=r"unknown assigner option of atss 'top_k'.*allowed: .*topk"):
+        load_train_config(None, {"assigner": "atss", "assigner_opts": {"top_k": 5}})
+    with pytest.raises(ConfigError, match=r"assigner 'atss': topk must be a positive integer"):
+        load_train_config(None, {"assigner": "atss", "assigner_opts": {"topk": -1}})
+    with pytest.raises(ConfigError, match=r"unknown loss option of focal 'box'.*allowed: .*box_loss"):
+        load_train_config(None, {"loss": "focal", "loss_opts": {"box": "giou"}})
+    with pytest.raises(ConfigError, match=r"loss 'focal': box_loss must be one of"):
+        load_train_config(None, {"loss": "focal", "loss_opts": {"box_loss": "l1"}})
+    assert {"bce", "focal", "qfl", "vfl", "yolov5", "v8"} <= set(config_mod.loss_names())

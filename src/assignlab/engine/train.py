@@ -507,6 +507,8 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         save_train_config(cfg, out / "config.yaml")
+        if history:  # a crash between last.pt and results.csv leaves the csv one row short
+            write_results_csv(out / "results.csv", history)
         writer = _tensorboard(out, purge_step=start_epoch + 1 if ck is not None else None)
         n_par = sum(p.numel() for p in params)
         _say(d, f"train: {len(train_ds)} images, val: {len(val_ds)} images, classes {names}; "
@@ -559,7 +561,7 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
             if amp:
                 scaler.unscale_(optimizer)
             gnorm = _grad_norm(params, cfg.grad_clip)
-            finite = bool(torch.isfinite(gnorm)) and bool(torch.isfinite(loss.detach()))
+            finite = bool(torch.isfinite(gnorm) & torch.isfinite(loss.detach()))  # the step's one host sync
             if amp:
                 scaler.step(optimizer)  # skips the update itself on inf/nan gradients
                 scaler.update()
@@ -587,8 +589,8 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
             with torch.no_grad():
                 allp = {**{k: v.detach().float() for k, v in parts.items()}, "loss": loss.detach().float()}
                 for k, v in allp.items():
-                    if torch.isfinite(v):
-                        sums[k] = sums.get(k, torch.zeros((), device=device)) + v
+                    v = torch.where(torch.isfinite(v), v, torch.zeros_like(v))
+                    sums[k] = sums.get(k, torch.zeros((), device=device)) + v
             if pbar is not None:
                 pbar.set_postfix({k: f"{float(v) / n_done:.4f}" for k, v in sums.items()} | {"lr": f"{lr:.2e}"},
                                  refresh=False)
