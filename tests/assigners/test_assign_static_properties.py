@@ -156,3 +156,14 @@ def test_translation_by_largest_stride(name, pk, b0, b1, ign, mx, my):
     assert torch.equal(r.positive, rt.positive) and torch.equal(r.ignore, rt.ignore)
     for k, v in r.extras.items():
         assert torch.equal(v, rt.extras[k]), k
+
+
+@pytest.mark.parametrize("name", sorted(ASSIGNERS))
+def test_level_without_priors_is_skipped(name):
+    # explicit priors with an empty middle level (e.g. a feature map cropped away)
+    pts = torch.tensor([[4.0, 4.0], [12.0, 4.0], [20.0, 20.0]])
+    priors = Priors.from_tensors(pts, [2, 0, 1], [8, 16, 32])
+    gt = gt_of([torch.tensor([[0.0, 0, 16, 10]])])
+    res = ASSIGNERS[name]()(priors, gt)
+    res.validate(gt)
+    assert res.shape == (1, 3)

@@ -117,7 +117,7 @@ class ATSSAssigner(Assigner):
         ignored = ignored_priors(pboxes, gt, self.ignore_iof_thr, True, self.max_pairs)
         if ignored is not None:
             ignored = ignored & has_gt[:, None]
-        layouts = level_layouts(priors)
+        layouts = [lay for lay in level_layouts(priors) if lay.n > 0]
         gcx = (gboxes[..., 0] + gboxes[..., 2]) / 2.0
         gcy = (gboxes[..., 1] + gboxes[..., 3]) / 2.0
 

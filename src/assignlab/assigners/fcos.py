@@ -137,6 +137,8 @@ class FCOSAssigner(Assigner):
             x0, y0, x1, y1 = (gboxes[:, sl, i].reshape(B, 1, g) for i in range(4))
             ga = garea[:, sl].reshape(B, 1, g)
             for lay, (lo, hi), stride in zip(layouts, ranges, priors.level_strides):
+                if lay.n == 0:
+                    continue
                 if lay.grid:
                     okx, lox = self._axis(pts[lay.col_points(dev), 0], x0, x1, stride, lo, hi)  # (B, cols, g)
                     oky, loy = self._axis(pts[lay.row_points(dev), 1], y0, y1, stride, lo, hi)  # (B, rows, g)

@@ -143,7 +143,7 @@ class MaxIoUAssigner(Assigner):
         ignored = ignored_priors(pboxes, gt, self.ignore_iof_thr, self.ignore_wrt_candidates, self.max_pairs)
         if ignored is not None:
             ignored = ignored & has_gt[:, None]
-        layouts = level_layouts(priors)
+        layouts = [lay for lay in level_layouts(priors) if lay.n > 0]
 
         best_val = torch.full((B, N), float("-inf"), dtype=dtype, device=dev)
         best_gt = torch.zeros(B, N, dtype=torch.long, device=dev)

@@ -79,7 +79,7 @@ class TopKAssigner(Assigner):
         pboxes = priors.boxes(self.square_scale).to(device=dev, dtype=dtype)
         parea = prior_areas(pboxes)
         gboxes, garea, valid = sanitize_gt(gt, dtype)
-        layouts = level_layouts(priors)
+        layouts = [lay for lay in level_layouts(priors) if lay.n > 0]
         k = min(self.k, N)
 
         chunks = gt_chunks(B, G, N, self.max_pairs)
