@@ -125,12 +125,14 @@ class DynamicSoftLabelAssigner(Assigner):
         out.sub_(self.soft_center_radius)
         return torch.pow(10, out, out=out)
 
-    def _tables(self, probs: Tensor, logits: Tensor | None, candidates: Tensor) -> list[Tensor]:
-        """Four ``(B * (C + 1), N)`` per-class tables for the soft-label classification cost:
-        ``[a, b, p, rest]`` with ``a, b`` the two logs of the BCE (logits: ``x``, ``log_sigmoid(x)``;
-        probabilities: clamped ``log(1 - p)``, ``log(p)``), ``p`` the probability, and ``rest`` the
-        summed background cost of all the *other* classes (``inf`` for non-candidate priors and
-        in row ``C``, the row of padded GTs)."""
+    def _tables(self, probs: Tensor, logits: Tensor | None, candidates: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Per-class tables for the soft-label classification cost.
+
+        Returns ``([a, b, p], rest)``: ``a, b`` ``(B * C, N)`` the two logs of the BCE (logits:
+        ``x`` and ``log_sigmoid(x)``; probabilities: clamped ``log(1 - p)`` and ``log(p)``), ``p``
+        the probabilities, and ``rest`` ``(B * (C + 1), N)`` the summed background cost of all
+        the *other* classes, ``inf`` for non-candidate priors and in row ``C`` (padded GTs).
+        """
         B, N, C = probs.shape
         p_t = probs.transpose(1, 2).contiguous()  # (B, C, N)
         if logits is not None:
@@ -142,16 +144,12 @@ class DynamicSoftLabelAssigner(Assigner):
             b = torch.log(p_t).clamp_(min=-100)
             bg = a.neg()  # BCE(p, 0) = -max(log(1 - p), -100)
         bg.mul_(p_t * p_t)  # * |0 - p| ** 2
-        rest = bg.sum(dim=1, keepdim=True)
-        rest.masked_fill_(~candidates[:, None, :], float("inf"))
-        rest = rest - bg
-        out = []
-        for t, pad in ((a, 0.0), (b, 0.0), (p_t, 0.0), (rest, float("inf"))):
-            full = torch.empty(B, C + 1, N, dtype=probs.dtype, device=probs.device)
-            full[:, :C] = t
-            full[:, C] = pad
-            out.append(full.view(B * (C + 1), N))
-        return out
+        total = bg.sum(dim=1, keepdim=True)
+        total.masked_fill_(~candidates[:, None, :], float("inf"))
+        rest = torch.empty(B, C + 1, N, dtype=probs.dtype, device=probs.device)
+        torch.sub(total, bg, out=rest[:, :C])
+        rest[:, C] = float("inf")
+        return [t.view(B * C, N) for t in (a, b, p_t)], rest.view(B * (C + 1), N)
 
     @torch.no_grad()
     def __call__(
@@ -193,20 +191,23 @@ class DynamicSoftLabelAssigner(Assigner):
                                    scratch.get("btmp", g, torch.bool))
             candidates |= inside.any(dim=1)
         has_cand = candidates.any(dim=1, keepdim=True)
-        tables = self._tables(probs, logits, candidates)
+        tables, rest = self._tables(probs, logits, candidates)
         boxes_c = torch.where(candidates[..., None], boxes_p, torch.full((), FAR, dtype=dtype, device=device))
 
         def cost_of(sl: slice) -> tuple[Tensor, Tensor]:
             g = sl.stop - sl.start
             gmask = gt.mask[:, sl]
             boxes = gt_boxes[:, sl]
-            rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)
+            rows = class_rows(gt.labels[:, sl], gmask, C, 0)  # padded GTs read class 0 (finite)
+            rest_rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)  # ... and inf from ``rest``
             ious = pairwise_iou(boxes, boxes_c, out=scratch.get("iou", g), tmp=scratch.get("a", g),
                                 tmp2=scratch.get("b", g))
             cost, t = scratch.get("cost", g), scratch.get("a", g)
             t2 = t.view(B * g, N)
 
             def pick(j: int) -> Tensor:
+                if j == 3:
+                    return torch.index_select(rest, 0, rest_rows, out=t2).view(B, g, N)
                 return torch.index_select(tables[j], 0, rows, out=t2).view(B, g, N)
 
             # soft-label BCE against y = IoU for the GT's class: BCE(s, IoU) * |IoU - p| ** 2

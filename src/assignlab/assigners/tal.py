@@ -63,7 +63,7 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
-from ._dynamic_k import gather_class_columns, pairwise_iou, prepare_scores
+from ._dynamic_k import Scratch, class_rows, pairwise_iou, points_inside, prepare_scores
 from .base import Assigner, check_predictions
 
 __all__ = ["TaskAlignedAssigner", "pairwise_ciou"]
@@ -71,29 +71,78 @@ __all__ = ["TaskAlignedAssigner", "pairwise_ciou"]
 _FLAVOURS = ("mmdet", "ultralytics")
 
 
-def pairwise_ciou(gt_boxes: Tensor, pred_boxes: Tensor, eps: float = 1e-7) -> Tensor:
+def pairwise_ciou(gt_boxes: Tensor, pred_boxes: Tensor, eps: float = 1e-7, scratch: Scratch | None = None) -> Tensor:
     """Complete IoU (Zheng et al., AAAI 2020) of every GT with every predicted box of the same image,
     ``(B, g, 4) x (B, N, 4) -> (B, g, N)``, with ultralytics' ``bbox_iou(..., CIoU=True)``
-    formula and epsilons (heights get ``+eps``, union ``+eps``, squared diagonal ``+eps``)."""
+    formula, epsilons and order of operations (heights ``+eps``, union ``+eps``, squared
+    diagonal ``+eps``)::
+
+        CIoU = IoU - (rho^2 / c^2 + v * alpha),   v = 4 / pi^2 * (atan(w2 / h2) - atan(w1 / h1))^2,
+        alpha = v / (v - IoU + 1 + eps)
+
+    with ``rho`` the distance of the centres and ``c`` the diagonal of the enclosing box. Works in
+    place in five ``(B, g, N)`` buffers of ``scratch`` (named ``c0`` .. ``c4``) when given.
+    Example: identical boxes give 1; a box and its copy shifted by its own width give
+    ``0 - (w^2 / (4 w^2 + h^2))``.
+    """
+    B, g = gt_boxes.shape[:2]
+    N = pred_boxes.shape[1]
+    bufs = [scratch.get(f"c{i}", g) if scratch is not None else
+            torch.empty(B, g, N, dtype=pred_boxes.dtype, device=pred_boxes.device) for i in range(5)]
+    A, T, C2, D, E = bufs
     gx1, gy1, gx2, gy2 = (gt_boxes[..., i, None] for i in range(4))  # (B, g, 1)
     px1, py1, px2, py2 = (pred_boxes[:, None, :, i] for i in range(4))  # (B, 1, N)
     w1, h1 = gx2 - gx1, gy2 - gy1 + eps
     w2, h2 = px2 - px1, py2 - py1 + eps
-    inter = (torch.minimum(gx2, px2) - torch.maximum(gx1, px1)).clamp_(0) * (
-        torch.minimum(gy2, py2) - torch.maximum(gy1, py1)
-    ).clamp_(0)
-    union = w1 * h1 + w2 * h2 - inter + eps
-    iou = inter / union
-    del union
-    cw = torch.maximum(gx2, px2) - torch.minimum(gx1, px1)
-    ch = torch.maximum(gy2, py2) - torch.minimum(gy1, py1)
-    c2 = cw.pow(2) + ch.pow(2) + eps
-    del cw, ch
-    rho2 = ((px1 + px2 - gx1 - gx2).pow(2) + (py1 + py2 - gy1 - gy2).pow(2)) / 4
-    # atan of the aspect ratios is per box, computed once and broadcast
-    v = (4 / math.pi**2) * ((w2 / h2).atan() - (w1 / h1).atan()).pow(2)
-    alpha = v / (v - iou + (1 + eps))
-    return iou - (rho2 / c2 + v * alpha)
+    # intersection (A) and union (C2)
+    torch.minimum(gx2, px2, out=A).sub_(torch.maximum(gx1, px1, out=T)).clamp_(min=0)
+    torch.minimum(gy2, py2, out=T).sub_(torch.maximum(gy1, py1, out=C2)).clamp_(min=0)
+    A.mul_(T)
+    torch.add(w1 * h1, w2 * h2, out=C2).sub_(A).add_(eps)
+    iou = A.div_(C2)
+    # squared diagonal of the enclosing box (C2)
+    torch.maximum(gx2, px2, out=C2).sub_(torch.minimum(gx1, px1, out=T))
+    torch.maximum(gy2, py2, out=D).sub_(torch.minimum(gy1, py1, out=T))
+    C2.mul_(C2).add_(D.mul_(D)).add_(eps)
+    # squared centre distance (D): ((b2_x1 + b2_x2 - b1_x1 - b1_x2)^2 + (...)^2) / 4
+    torch.sub(px1 + px2, gx1, out=D).sub_(gx2)
+    torch.sub(py1 + py2, gy1, out=T).sub_(gy2)
+    D.mul_(D).add_(T.mul_(T)).div_(4)
+    # aspect-ratio term v (T) and its weight alpha (E)
+    torch.sub((w2 / h2).atan(), (w1 / h1).atan(), out=T)
+    T.mul_(T).mul_(4 / math.pi**2)
+    torch.sub(T, iou, out=E).add_(1 + eps)
+    torch.div(T, E, out=E)
+    return A.sub_(D.div_(C2).add_(E.mul_(T)))
+
+
+class _ArgBest:
+    """Running argmax over GT chunks of the overlap at fixed prior positions ``(B, M)``, over all
+    real GT rows (padded rows count as -1); ties go to the lowest GT index (as ``argmax``)."""
+
+    def __init__(self, positions: Tensor, dtype: torch.dtype) -> None:
+        B, M = positions.shape
+        self.positions = positions
+        self.best = torch.full((B, M), float("-inf"), dtype=dtype, device=positions.device)
+        self.gt = torch.zeros(B, M, dtype=torch.long, device=positions.device)
+
+    def update(self, u: Tensor, gmask: Tensor, start: int) -> None:
+        B, g, _ = u.shape
+        if g == 0:
+            return
+        c = torch.gather(u, 2, self.positions[:, None, :].expand(B, g, -1))  # (B, g, M)
+        c.masked_fill_(~gmask[..., None], -1.0)
+        cmax, carg = c.max(dim=1)
+        better = cmax > self.best
+        self.best = torch.where(better, cmax, self.best)
+        self.gt = torch.where(better, carg + start, self.gt)
+
+    def per_prior(self, num_priors: int) -> tuple[Tensor, Tensor]:
+        """``(gt, overlap)`` ``(B, N)`` at every prior present in ``positions`` (0 elsewhere)."""
+        B = self.gt.shape[0]
+        gt = torch.zeros(B, num_priors, dtype=torch.long, device=self.gt.device).scatter_(1, self.positions, self.gt)
+        val = torch.zeros(B, num_priors, dtype=self.best.dtype, device=self.gt.device)
+        return gt, val.scatter_(1, self.positions, self.best)
 
 
 class TaskAlignedAssigner(Assigner):
@@ -156,24 +205,19 @@ class TaskAlignedAssigner(Assigner):
         return cls(**kw)
 
     # -- geometry -------------------------------------------------------------------------
-    def _inside(self, priors: Priors, boxes: Tensor, gmask: Tensor) -> Tensor:
-        """``(B, g, N)`` prior centre inside the GT (flavour's rule), False on padded rows."""
-        px, py = priors.points[:, 0].to(boxes.dtype), priors.points[:, 1].to(boxes.dtype)
-        if self.flavour == "mmdet":
-            thr = 0.01
-        else:
-            thr = 1e-9
-            if self.small_box_side is not None:
-                cx = (boxes[..., 0] + boxes[..., 2]) / 2
-                cy = (boxes[..., 1] + boxes[..., 3]) / 2
-                wh = boxes[..., 2:] - boxes[..., :2]
-                side = torch.full((), self.small_box_side, dtype=boxes.dtype, device=boxes.device)
-                wh = torch.where((wh < self.small_box_side) & gmask[..., None], side, wh)
-                half = wh / 2
-                boxes = torch.stack([cx - half[..., 0], cy - half[..., 1], cx + half[..., 0], cy + half[..., 1]], -1)
-        x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
-        dmin = torch.minimum(torch.minimum(px - x1, py - y1), torch.minimum(x2 - px, y2 - py))
-        return (dmin > thr) & gmask[:, :, None]
+    def _edges(self, boxes: Tensor, gmask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x1, y1, x2, y2)`` ``(B, g)`` of the in-box test: NaN on padded rows (never inside);
+        ultralytics: sides shorter than ``small_box_side`` enlarged to it about the centre, with
+        its ``xyxy -> xywh -> xyxy`` round trip."""
+        nan = torch.full((), float("nan"), dtype=boxes.dtype, device=boxes.device)
+        if self.flavour == "ultralytics" and self.small_box_side is not None:
+            cx = (boxes[..., 0] + boxes[..., 2]) / 2
+            cy = (boxes[..., 1] + boxes[..., 3]) / 2
+            wh = boxes[..., 2:] - boxes[..., :2]
+            side = torch.full((), self.small_box_side, dtype=boxes.dtype, device=boxes.device)
+            half = torch.where(wh < self.small_box_side, side, wh) / 2
+            boxes = torch.stack([cx - half[..., 0], cy - half[..., 1], cx + half[..., 0], cy + half[..., 1]], -1)
+        return tuple(torch.where(gmask, boxes[..., i], nan) for i in range(4))  # type: ignore[return-value]
 
     # -- main -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -199,79 +243,113 @@ class TaskAlignedAssigner(Assigner):
         zeros_bn = torch.zeros(B, N, dtype=dtype, device=device)
         if G == 0 or N == 0:
             return Assignment.empty(B, N, device=device).replace(extras={"metrics": zeros_bn, "overlaps": zeros_bn})
-        prob_t = probs.transpose(1, 2).contiguous()  # (B, C, N)
-        k = min(self.topk, N)
         ultra = self.flavour == "ultralytics"
+        chunks = gt_chunks(B, G, N, self.max_pairs)
+        scratch = Scratch(B, max(c.stop - c.start for c in chunks), N, dtype, device)
+        single = len(chunks) == 1
+        table = probs.transpose(1, 2).contiguous().view(B * C, N)  # (B * C, N) score of each class
+        k = min(self.topk, N)
+        px, py = priors.points[:, 0].to(dtype), priors.points[:, 1].to(dtype)
 
-        neg_inf = torch.full((), float("-inf"), dtype=dtype, device=device)
-        # running state over GT chunks
-        count = torch.zeros(B, N, dtype=torch.long, device=device)  # ultralytics: claims per prior
-        chooser = torch.full((B, N), -1, dtype=torch.long, device=device)
-        chooser_t = zeros_bn.clone()
-        chooser_u = zeros_bn.clone()
-        best_u = torch.full((B, N), float("-inf"), dtype=dtype, device=device)
-        best_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
-        best_t = zeros_bn.clone()
+        def overlaps_of(sl: slice) -> tuple[Tensor, Tensor]:
+            """``(u, inside)``: overlaps ``(B, g, N)`` (ultralytics: clamped CIoU, 0 off the
+            in-box pairs) and the in-box mask (ultralytics only, else None)."""
+            g = sl.stop - sl.start
+            boxes, gmask = gt_boxes[:, sl], gt.mask[:, sl]
+            if not ultra:
+                return pairwise_iou(boxes, boxes_p, out=scratch.get("u", g), tmp=scratch.get("c0", g),
+                                    tmp2=scratch.get("c1", g)), None
+            inside = points_inside(priors, *self._edges(boxes, gmask), scratch.get("in", g, torch.bool),
+                                   scratch.get("btmp", g, torch.bool), eps=1e-9)
+            u = scratch.get("u", g)
+            u.copy_(pairwise_ciou(boxes, boxes_p, scratch=scratch)).clamp_(min=0)
+            u.masked_fill_(torch.logical_not(inside, out=scratch.get("btmp", g, torch.bool)), 0.0)
+            return u, inside
 
-        for sl in gt_chunks(B, G, N, self.max_pairs):
+        # pass 1: metric, each GT's top-k, running resolution of priors claimed several times
+        top_idx = torch.zeros(B, G, k, dtype=torch.long, device=device)
+        top_ok = torch.zeros(B, G, k, dtype=torch.bool, device=device)
+        top_t = torch.zeros(B, G, k, dtype=dtype, device=device)
+        top_u = torch.zeros(B, G, k, dtype=dtype, device=device)
+        u_cache = None
+        for sl in chunks:
+            g = sl.stop - sl.start
             gmask = gt.mask[:, sl]
-            boxes = gt_boxes[:, sl]
-            g = boxes.shape[1]
-            inside = self._inside(priors, boxes, gmask)
-            s = gather_class_columns(prob_t, gt.labels[:, sl])
+            u, inside = overlaps_of(sl)
+            s = scratch.get("s", g)
+            rows = class_rows(gt.labels[:, sl], gmask, C, 0)
+            torch.index_select(table, 0, rows, out=s.view(B * g, N))
+            if self.alpha != 1.0:
+                s.pow_(self.alpha)
+            t = torch.pow(u, self.beta, out=scratch.get("t", g)).mul_(s)  # s ** alpha * u ** beta
             if ultra:
-                u = torch.where(inside, pairwise_ciou(boxes, boxes_p).clamp_(0), 0.0)
-                s = torch.where(inside, s, 0.0)
+                # rank the in-box priors first (their metric >= 0 > -1)
+                ti = t.masked_fill(torch.logical_not(inside, out=scratch.get("btmp", g, torch.bool)), -1.0)
+                idx = ti.topk(k, dim=-1).indices
+                ok = inside.gather(-1, idx)
             else:
-                u = pairwise_iou(boxes, boxes_p)
-            t = s.pow(self.alpha) * u.pow(self.beta)
-            if ultra:
-                # top-k among the in-box priors (ranked before every out-of-box prior)
-                top_idx = torch.where(inside, t, -1.0).topk(k, dim=-1).indices
-                claimed = torch.zeros_like(inside).scatter_(-1, top_idx, True) & inside
-                rows = torch.arange(sl.start, sl.start + g, device=device)[None, :, None]
-                count += claimed.sum(dim=1)
-                any_c = claimed.any(dim=1)
-                who = torch.where(claimed, rows, -1).amax(dim=1)
-                j = (who - sl.start).clamp(min=0)[:, None, :]
-                chooser = torch.where(any_c, who, chooser)
-                chooser_t = torch.where(any_c, t.gather(1, j)[:, 0], chooser_t)
-                chooser_u = torch.where(any_c, u.gather(1, j)[:, 0], chooser_u)
-                # highest overlap over ALL real GT rows (ultralytics' overlaps.argmax(1))
-                cand_u = torch.where(gmask[:, :, None], u, -1.0)
-            else:
-                top_t, top_idx = t.topk(k, dim=-1)
-                ok = (top_t > 0) & inside.gather(-1, top_idx)
-                claimed = torch.zeros_like(inside).scatter_(-1, top_idx, ok)
-                # highest IoU among the claiming GTs
-                cand_u = torch.where(claimed, u, neg_inf)
-            umax, uarg = cand_u.max(dim=1)
-            better = umax > best_u
-            best_u = torch.where(better, umax, best_u)
-            best_gt = torch.where(better, uarg + sl.start, best_gt)
-            best_t = torch.where(better, t.gather(1, uarg[:, None])[:, 0], best_t)
-            del inside, s, u, t, claimed, cand_u
+                tv, idx = t.topk(k, dim=-1)
+                bx1, by1, bx2, by2 = (gt_boxes[:, sl, i, None] for i in range(4))
+                cxs, cys = px[idx], py[idx]  # centres of the top-k priors, (B, g, k)
+                dmin = torch.minimum(torch.minimum(cxs - bx1, cys - by1), torch.minimum(bx2 - cxs, by2 - cys))
+                ok = (tv > 0) & (dmin > 0.01) & gmask[..., None]
+            top_idx[:, sl], top_ok[:, sl] = idx, ok
+            top_t[:, sl], top_u[:, sl] = t.gather(-1, idx), u.gather(-1, idx)
+            if single and ultra:
+                u_cache = u
 
+        flat_idx = top_idx.reshape(B, -1)
+        ok = top_ok.reshape(B, -1)
+        rows = torch.arange(G, device=device)[None, :, None].expand(B, G, k).reshape(B, -1)
+        tt, uu = top_t.reshape(B, -1), top_u.reshape(B, -1)
         if ultra:
+            # a prior claimed once keeps its GT; claimed several times: the GT of highest overlap
+            # among ALL real GTs (ultralytics' overlaps.argmax over the GT axis)
+            count = torch.zeros(B, N, dtype=torch.long, device=device).scatter_add_(1, flat_idx, ok.long())
+            chooser = torch.full((B, N), -1, dtype=torch.long, device=device)
+            chooser.scatter_reduce_(1, flat_idx, torch.where(ok, rows, -1), reduce="amax")
+            best = _ArgBest(flat_idx, dtype)
+            for sl in chunks:
+                u = u_cache if single else overlaps_of(sl)[0]
+                best.update(u, gt.mask[:, sl], sl.start)
             multi = count > 1
-            gt_index = torch.where(multi, best_gt, torch.where(count == 1, chooser, -1))
-            t_a = torch.where(multi, best_t, chooser_t)
-            u_a = torch.where(multi, best_u, chooser_u)
+            best_gt, best_u = best.per_prior(N)
+            gt_index = torch.where(multi, best_gt, chooser)
         else:
-            gt_index = torch.where(best_u > neg_inf, best_gt, -1)
-            t_a, u_a = best_t, best_u
+            # highest IoU among the claiming GTs (ties: the lowest GT index)
+            v = torch.where(ok, uu, float("-inf"))
+            bu = torch.full((B, N), float("-inf"), dtype=dtype, device=device)
+            bu.scatter_reduce_(1, flat_idx, v, reduce="amax")
+            win = ok & (v == bu.gather(1, flat_idx))
+            big = torch.full((B, N), G, dtype=torch.long, device=device)
+            gt_index = big.scatter_reduce(1, flat_idx, torch.where(win, rows, G), reduce="amin")
+            gt_index = torch.where(gt_index < G, gt_index, -1)
         positive = gt_index >= 0
+
+        # metric and overlap of every positive's pair: the (GT, prior) row of the top-k lists
+        hit = ok & (rows == gt_index.gather(1, flat_idx))
+        neg_inf = torch.full((B, N), float("-inf"), dtype=dtype, device=device)
+        t_a = neg_inf.scatter_reduce(1, flat_idx, torch.where(hit, tt, float("-inf")), reduce="amax")
+        u_a = neg_inf.scatter_reduce(1, flat_idx, torch.where(hit, uu, float("-inf")), reduce="amax")
+        if ultra:
+            # a prior moved to a GT that did not pick it: its overlap is the maximum found above,
+            # its metric is recomputed from it
+            moved = positive & (t_a == float("-inf"))
+            lab = torch.gather(gt.labels, 1, gt_index.clamp(min=0))
+            s_m = torch.gather(probs, 2, lab[..., None])[..., 0]
+            t_m = (s_m.pow(self.alpha) if self.alpha != 1.0 else s_m) * best_u.clamp(min=0).pow(self.beta)
+            t_a = torch.where(moved, t_m, t_a)
+            u_a = torch.where(moved, best_u, u_a)
         t_a = torch.where(positive, t_a, zeros_bn)
         u_a = torch.where(positive, u_a, zeros_bn)
 
         # per-GT maxima over the final positives, then the normalised metric t_hat
         flat = (torch.arange(B, device=device)[:, None] * G + gt_index.clamp(min=0)).reshape(-1)
-        w = positive.reshape(-1)
         max_t = torch.zeros(B * G, dtype=dtype, device=device).scatter_reduce(
-            0, flat, torch.where(w, t_a.reshape(-1), 0.0), reduce="amax"
+            0, flat, t_a.reshape(-1), reduce="amax"
         )
         max_u = torch.zeros(B * G, dtype=dtype, device=device).scatter_reduce(
-            0, flat, torch.where(w, u_a.reshape(-1), 0.0), reduce="amax"
+            0, flat, u_a.reshape(-1), reduce="amax"
         )
         mt, mu = max_t[flat].view(B, N), max_u[flat].view(B, N)
         if ultra:
