@@ -230,8 +230,8 @@ def sort_key(values: Tensor, index: Tensor) -> Tensor:
     "smallest value, ties to the lowest index" ``topk`` in one call. Other float dtypes are rounded
     to float32 first.
     """
-    bits = values.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
-    return (bits << 32) | index
+    key = values.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+    return key.bitwise_left_shift_(32).bitwise_or_(index)
 
 
 def key_index(key: Tensor) -> Tensor:
