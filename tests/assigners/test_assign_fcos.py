@@ -40,6 +40,9 @@ def test_docstring_example_center_sampling():
     # point (28, 20) = index 19: l 18, t 10, r 22, b 10 -> centerness sqrt(18 / 22)
     torch.testing.assert_close(res.extras["centerness"][0, 19], torch.tensor(math.sqrt(18 / 22)))
     assert (res.extras["centerness"][0][~res.positive[0]] == 0).all()
+    # its 64 x 64 square [-4, -12, 60, 52] contains the 40 x 20 GT: IoU 800 / 4096
+    torch.testing.assert_close(res.extras["overlaps"][0, 19], torch.tensor(800 / 4096))
+    assert (res.extras["overlaps"][0][~res.positive[0]] == 0).all()
 
 
 def test_without_center_sampling_whole_box():
@@ -97,6 +100,8 @@ def test_bad_regress_ranges():
         FCOSAssigner(regress_ranges=((0, 64),))(make_priors((64, 64)), one_image([[0, 0, 10, 10]]))
     with pytest.raises(ValueError, match="radius"):
         FCOSAssigner(radius=0)
+    with pytest.raises(ValueError, match="square_scale"):
+        FCOSAssigner(square_scale=0)
 
 
 def reference_fcos(priors: Priors, gt: GroundTruth, ranges, center_sampling: bool, radius: float):

@@ -30,7 +30,9 @@ Worked example, strides 8/16/32 with default ranges, ``radius = 1.5``, one GT ``
 
 Outputs: hard targets (``quality`` 1). ``extras["centerness"]`` ``(B, N)`` holds FCOS's
 center-ness target ``sqrt(min(l*, r*) / max(l*, r*) * min(t*, b*) / max(t*, b*))`` on positives,
-0 elsewhere. Anchor priors are used through their centers (``priors.points``).
+0 elsewhere; ``extras["overlaps"]`` the IoU of each positive's prior box (the anchor, or the
+``square_scale * stride`` square of an anchor-free point) with its GT, 0 elsewhere, for comparisons
+with the IoU-based assigners. Anchor priors are assigned through their centers (``priors.points``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
+from ..core.boxes import aligned_box_iou
 from ._grid import level_layouts, sanitize_gt
 from .base import Assigner
 
@@ -62,6 +65,7 @@ class FCOSAssigner(Assigner):
         regress_ranges: one ``(lo, hi)`` per level, or None for :func:`default_regress_ranges`.
         center_sampling: also require the point within ``radius * stride`` of the GT center.
         radius: center-sampling radius in strides (1.5 in mmdetection's FCOS configs).
+        square_scale: side, in strides, of the prior squares used only for ``extras["overlaps"]``.
         max_pairs: memory budget, see :func:`assignlab.core.gt_chunks`.
     """
 
@@ -70,6 +74,7 @@ class FCOSAssigner(Assigner):
         regress_ranges: Sequence[Sequence[float]] | None = None,
         center_sampling: bool = True,
         radius: float = 1.5,
+        square_scale: float = 8.0,
         max_pairs: int = DEFAULT_MAX_PAIRS,
     ) -> None:
         super().__init__(max_pairs)
@@ -85,9 +90,12 @@ class FCOSAssigner(Assigner):
             regress_ranges = tuple(rr)
         if float(radius) <= 0:
             raise ValueError(f"radius must be positive, got {radius}")
+        if float(square_scale) <= 0:
+            raise ValueError(f"square_scale must be positive, got {square_scale}")
         self.regress_ranges = regress_ranges
         self.center_sampling = bool(center_sampling)
         self.radius = float(radius)
+        self.square_scale = float(square_scale)
 
     def level_ranges(self, priors: Priors) -> tuple[tuple[float, float], ...]:
         """The ``(lo, hi)`` range of each level of ``priors``."""
@@ -122,7 +130,8 @@ class FCOSAssigner(Assigner):
         ranges = self.level_ranges(priors)
         if G == 0 or N == 0:
             res = Assignment.empty(B, N, device=dev)
-            return res.replace(extras={"centerness": torch.zeros(B, N, dtype=gt.boxes.dtype, device=dev)})
+            zeros = torch.zeros(B, N, dtype=gt.boxes.dtype, device=dev)
+            return res.replace(extras={"centerness": zeros, "overlaps": zeros.clone()})
 
         dtype = gt.boxes.dtype if gt.boxes.is_floating_point() else torch.float32
         pts = priors.points.to(device=dev, dtype=dtype)
@@ -165,4 +174,7 @@ class FCOSAssigner(Assigner):
         lr = torch.minimum(l_, r_) / torch.maximum(l_, r_).clamp(min=1e-12)
         tb = torch.minimum(t_, b_) / torch.maximum(t_, b_).clamp(min=1e-12)
         centerness = torch.where(positive, (lr * tb).clamp(min=0).sqrt(), 0.0)
-        return Assignment.from_gt_index(gt_index, extras={"centerness": centerness})
+        pboxes = priors.boxes(self.square_scale).to(device=dev, dtype=dtype)
+        iou = aligned_box_iou(pboxes[None].expand(B, N, 4), box, eps=1e-9)
+        overlaps = torch.where(positive, iou, 0.0)
+        return Assignment.from_gt_index(gt_index, extras={"centerness": centerness, "overlaps": overlaps})
