@@ -145,13 +145,19 @@ def test_analysis_inspect_prediction_aware(tmp_path, weights):
     assert list(rep["summaries"]) == ["yolov5"] and "--weights" in rep["skipped"]["simota"]
     assert "simota**: skipped" in (out / "inspect.md").read_text()
     # with one, the images go through the model: same GTs, simota gives every GT >= 1 positive
-    assert main(["inspect", "--data", str(y), "--assigner", "yolov5", "--assigner", "simota",
+    assert main(["inspect", "--data", str(y), "--assigner", "yolov5", "--assigner", "simota", "--assigner", "tal",
                  "--weights", str(weights), "--out", str(out)]) == 0
     rep = json.loads((out / "inspect.json").read_text())
     s = rep["summaries"]["simota"]
     assert s["images"] == 2 and s["gts"] == 6 and rep["skipped"] == {}
     assert s["zero_positive_share_all"] == 0.0 and s["positives_per_gt_all"] >= 1
     assert rep["summaries"]["yolov5"]["positives_by_level"] == [11, 9, 9]
+    # each assigner sees the model's predictions untouched by the others (a one-class SimOTA
+    # once negated pred_scores in place, leaving TAL without a single positive)
+    assert main(["inspect", "--data", str(y), "--assigner", "tal", "--weights", str(weights),
+                 "--out", str(tmp_path / "tal")]) == 0
+    alone = json.loads((tmp_path / "tal" / "inspect.json").read_text())["summaries"]["tal"]
+    assert rep["summaries"]["tal"] == alone and alone["positives_per_gt_all"] > 0
 
 
 # ---------------------------------------------------------------------------------- real + synthetic

@@ -436,7 +436,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             n_dyn += gt.batch_size
             for r in dynamic:
                 t = time.perf_counter()
-                res = r.assigner(priors["model"], gt, pred_boxes=pb, pred_scores=ps)
+                # fresh copies: an assigner must not see another one's in-place changes
+                res = r.assigner(priors["model"], gt, pred_boxes=pb.clone(), pred_scores=ps.clone())
                 r.seconds += time.perf_counter() - t
                 accs[r.name].update(priors["model"], gt, res)
         n_images = max(n_images, n_dyn)
@@ -822,15 +823,18 @@ def cmd_anchors(args: argparse.Namespace) -> int:
 def add_compare_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``assignlab compare``: delegated to :mod:`assignlab.analysis.report`
     (``add_compare_args``, or ``add_args``). A missing module makes the command unavailable."""
-    from . import report  # ModuleNotFoundError -> the dispatcher marks the command unavailable
+    import importlib
 
+    # ModuleNotFoundError when report.py does not exist -> the dispatcher marks the command unavailable
+    report = importlib.import_module("assignlab.analysis.report")
     fn = getattr(report, "add_compare_args", None) or report.add_args
     fn(parser)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run ``assignlab compare`` (:mod:`assignlab.analysis.report`: ``cmd_compare``, or ``cmd``)."""
-    from . import report
+    import importlib
 
+    report = importlib.import_module("assignlab.analysis.report")
     fn = getattr(report, "cmd_compare", None) or report.cmd
     return int(fn(args) or 0)
