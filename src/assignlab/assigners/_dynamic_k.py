@@ -33,6 +33,7 @@ __all__ = [
     "LowestCost",
     "Scratch",
     "aligned_iou",
+    "any_inside",
     "class_rows",
     "dynamic_k",
     "final_gt_index",
@@ -40,6 +41,7 @@ __all__ = [
     "points_inside",
     "prepare_scores",
     "resolve_dynamic_k",
+    "scratch_for",
 ]
 
 MMDET_IOU_EPS = 1e-6  # BboxOverlaps2D default
@@ -49,23 +51,48 @@ FAR = -1e30
 
 
 class Scratch:
-    """Named reusable buffers for the ``(B, g, N)`` tensors of one call, sized for the largest GT
-    chunk and allocated on first use. ``get(name, g)`` returns a *contiguous* ``(B, g, N)`` view
-    (the prefix of the buffer), so chunks of any size up to the largest can share it."""
+    """Named reusable buffers for the ``(B, g, N)`` tensors of a call, sized for the largest GT
+    chunk. ``get(name, g)`` returns a *contiguous* ``(B, g, N)`` view (a prefix of the buffer), so
+    chunks of any size up to the largest share it.
 
-    def __init__(self, batch_size: int, max_g: int, num_priors: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
-        self.B, self.G, self.N = batch_size, max_g, num_priors
-        self.dtype, self.device = dtype, device
+    On a CPU, first-touching a fresh 50 MB tensor (page faults) costs more than the arithmetic
+    done in it, so assigners keep their :class:`Scratch` between calls there (see
+    :func:`scratch_for`); on an accelerator the caching allocator already recycles memory and a
+    fresh one is made per call. Buffers never leave the assigner: results are always new tensors.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.B = self.G = self.N = 0
+        self.dtype = torch.float32
         self._bufs: dict[tuple[str, torch.dtype], Tensor] = {}
 
+    def configure(self, batch_size: int, max_g: int, num_priors: int, dtype: torch.dtype) -> Scratch:
+        self.B, self.G, self.N, self.dtype = batch_size, max_g, num_priors, dtype
+        return self
+
+    def flat(self, name: str, numel: int, dtype: torch.dtype) -> Tensor:
+        """A flat buffer of at least ``numel`` elements (its prefix)."""
+        buf = self._bufs.get((name, dtype))
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=self.device)
+            self._bufs[(name, dtype)] = buf
+        return buf[:numel]
+
     def get(self, name: str, g: int, dtype: torch.dtype | None = None) -> Tensor:
-        dt = dtype or self.dtype
-        buf = self._bufs.get((name, dt))
-        if buf is None:
-            buf = torch.empty(self.B * self.G * self.N, dtype=dt, device=self.device)
-            self._bufs[(name, dt)] = buf
-        return buf[: self.B * g * self.N].view(self.B, g, self.N)
+        return self.flat(name, self.B * g * self.N, dtype or self.dtype).view(self.B, g, self.N)
+
+
+def scratch_for(owner: object, device: torch.device, batch_size: int, max_g: int, num_priors: int,
+                dtype: torch.dtype) -> Scratch:
+    """The owner's persistent :class:`Scratch` on a CPU, a fresh one elsewhere."""
+    if device.type != "cpu":
+        return Scratch(device).configure(batch_size, max_g, num_priors, dtype)
+    sc = getattr(owner, "_scratch", None)
+    if sc is None or sc.device != device:
+        sc = Scratch(device)
+        owner._scratch = sc  # type: ignore[attr-defined]
+    return sc.configure(batch_size, max_g, num_priors, dtype)
 
 
 def _grid(priors: Priors, level: int) -> tuple[Tensor, Tensor, int, int, int] | None:
@@ -100,7 +127,7 @@ def points_inside(
     ``(B, g, N)`` bool buffers.
     """
     B, g = out.shape[:2]
-    px, py = priors.points[:, 0].to(left.dtype), priors.points[:, 1].to(left.dtype)
+    px, py = priors.points[:, 0].to(left.dtype).contiguous(), priors.points[:, 1].to(left.dtype).contiguous()
 
     def gt_(a: Tensor, b: Tensor, o: Tensor | None = None) -> Tensor:
         if eps is None:
@@ -124,6 +151,44 @@ def points_inside(
             o &= gt_(py[sl], tp[..., None], w)
             o &= gt_(rt[..., None], px[sl], w)
             o &= gt_(bt[..., None], py[sl], w)
+    return out
+
+
+def any_inside(
+    priors: Priors, left: Tensor, top: Tensor, right: Tensor, bottom: Tensor, scratch: Scratch,
+    per_level: list[tuple[Tensor, Tensor, Tensor, Tensor]] | None = None,
+) -> Tensor:
+    """``(B, N)`` bool: prior centre strictly inside *any* of the ``g`` boxes (the OR over the GT
+    axis of :func:`points_inside`, edges as there, ``eps=None``).
+
+    On grid levels this never builds the ``(B, g, N)`` mask: the number of boxes containing a
+    prior is the matrix product of the per-row and per-column tests, ``(B, rows, g) @ (B, g, cols)``
+    (exact small integers in float32).
+    """
+    B, g = left.shape[:2]
+    N = priors.num_priors
+    out = torch.zeros(B, N, dtype=torch.bool, device=left.device)
+    for li, sl in enumerate(priors.level_slices()):
+        lt, tp, rt, bt = per_level[li] if per_level is not None else (left, top, right, bottom)
+        grid = _grid(priors, li)
+        if grid is not None:
+            xs, ys, rows, cols, na = grid
+            xs, ys = xs.to(left.dtype), ys.to(left.dtype)
+            inx = ((xs > lt[..., None]) & (rt[..., None] > xs)).to(torch.float32)  # (B, g, cols)
+            iny = ((ys > tp[..., None]) & (bt[..., None] > ys)).to(torch.float32)  # (B, g, rows)
+            hits = torch.bmm(iny.transpose(1, 2), inx) > 0  # (B, rows, cols)
+            out[:, sl] = hits[..., None].expand(B, rows, cols, na).reshape(B, -1)
+        else:
+            n = sl.stop - sl.start
+            o = scratch.flat("any_o", B * g * n, torch.bool).view(B, g, n)
+            w = scratch.flat("any_w", B * g * n, torch.bool).view(B, g, n)
+            px = priors.points[sl, 0].to(left.dtype).contiguous()
+            py = priors.points[sl, 1].to(left.dtype).contiguous()
+            torch.gt(px, lt[..., None], out=o)
+            o &= torch.gt(py, tp[..., None], out=w)
+            o &= torch.gt(rt[..., None], px, out=w)
+            o &= torch.gt(bt[..., None], py, out=w)
+            out[:, sl] = o.any(dim=1)
     return out
 
 
@@ -152,8 +217,9 @@ def pairwise_iou(
         tmp = torch.empty_like(out)
     if tmp2 is None:
         tmp2 = torch.empty_like(out)
-    gx1, gy1, gx2, gy2 = (gt_boxes[..., i, None] for i in range(4))  # (B, g, 1)
-    px1, py1, px2, py2 = (pred_boxes[:, None, :, i] for i in range(4))  # (B, 1, N)
+    # contiguous coordinate planes: strided (x4) operands would defeat vectorisation below
+    gx1, gy1, gx2, gy2 = (gt_boxes[..., i].contiguous()[..., None] for i in range(4))  # (B, g, 1)
+    px1, py1, px2, py2 = (pred_boxes[..., i].contiguous()[:, None, :] for i in range(4))  # (B, 1, N)
     iw = torch.minimum(gx2, px2, out=out)
     iw.sub_(torch.maximum(gx1, px1, out=tmp)).clamp_(min=0)
     ih = torch.minimum(gy2, py2, out=tmp)

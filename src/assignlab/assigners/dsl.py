@@ -48,16 +48,16 @@ from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._dynamic_k import (
     FAR,
     LowestCost,
-    Scratch,
     _grid,
     aligned_iou,
+    any_inside,
     class_rows,
     dynamic_k,
     final_gt_index,
     pairwise_iou,
-    points_inside,
     prepare_scores,
     resolve_dynamic_k,
+    scratch_for,
 )
 from .base import Assigner, check_predictions
 
@@ -178,18 +178,15 @@ class DynamicSoftLabelAssigner(Assigner):
                 extras={"overlaps": zeros_bn, "candidates": torch.zeros(B, N, dtype=torch.bool, device=device)}
             )
         chunks = gt_chunks(B, G, N, self.max_pairs)
-        scratch = Scratch(B, max(c.stop - c.start for c in chunks), N, dtype, device)
+        scratch = scratch_for(self, device, B, max(c.stop - c.start for c in chunks), N, dtype)
         single = len(chunks) == 1
         nan = torch.full((), float("nan"), dtype=dtype, device=device)
 
         # pass 1: candidates = centre strictly inside some real GT (NaN edges for padded rows)
         candidates = torch.zeros(B, N, dtype=torch.bool, device=device)
         for sl in chunks:
-            g = sl.stop - sl.start
             x1, y1, x2, y2 = (torch.where(gt.mask[:, sl], gt_boxes[:, sl, i], nan) for i in range(4))
-            inside = points_inside(priors, x1, y1, x2, y2, scratch.get("in", g, torch.bool),
-                                   scratch.get("btmp", g, torch.bool))
-            candidates |= inside.any(dim=1)
+            candidates |= any_inside(priors, x1, y1, x2, y2, scratch)
         has_cand = candidates.any(dim=1, keepdim=True)
         tables, rest = self._tables(probs, logits, candidates)
         boxes_c = torch.where(candidates[..., None], boxes_p, torch.full((), FAR, dtype=dtype, device=device))

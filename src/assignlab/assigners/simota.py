@@ -63,6 +63,7 @@ from ._dynamic_k import (
     LowestCost,
     Scratch,
     aligned_iou,
+    any_inside,
     class_rows,
     dynamic_k,
     final_gt_index,
@@ -70,6 +71,7 @@ from ._dynamic_k import (
     points_inside,
     prepare_scores,
     resolve_dynamic_k,
+    scratch_for,
 )
 from .base import Assigner, check_predictions
 
@@ -146,30 +148,39 @@ class SimOTAAssigner(Assigner):
         return cls(**kw)
 
     # -- geometry -------------------------------------------------------------------------
-    def _geometry(self, priors: Priors, boxes: Tensor, gmask: Tensor, scratch: Scratch) -> tuple[Tensor, Tensor, Tensor]:
-        """``(in_any_box (B, N), in_any_centre (B, N), central (B, g, N))`` for a GT chunk.
+    def _geometry(self, priors: Priors, boxes: Tensor, gmask: Tensor, scratch: Scratch,
+                  need_central: bool = True, need_candidates: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """``(candidates (B, N), central (B, g, N))`` for a GT chunk.
 
-        ``central`` is the pair's "no penalty" mask: in the box AND in the centre region
-        (mmdet) or in the centre region (yolox). Strict tests ``p > edge``, which equal mmdet's
-        ``p - edge > 0`` exactly. Padded rows are False everywhere.
+        ``candidates``: in some GT box or some centre region (mmdet), or in some centre region
+        (yolox). ``central`` (the pair pays no penalty): in the box AND in the centre region
+        (mmdet), i.e. inside their intersection, or in the centre region (yolox). Strict tests
+        ``p > edge``, equal bit for bit to mmdet's ``p - edge > 0``. Padded rows get NaN edges,
+        which contain nothing.
         """
-        B, g = boxes.shape[:2]
+        g = boxes.shape[1]
         nan = torch.full((), float("nan"), dtype=boxes.dtype, device=boxes.device)
-        # NaN edges make every comparison False: padded rows never contain a prior
         x1, y1, x2, y2 = (torch.where(gmask, boxes[..., i], nan) for i in range(4))
         cx = (x1 + x2) / 2.0
         cy = (y1 + y2) / 2.0
-        tmp = scratch.get("btmp", g, torch.bool)
         regions = []
         for stride in priors.level_strides:
             # mmdet: gt_cx - center_radius * stride (a float32 product), etc.
             rad = torch.full((), stride, dtype=boxes.dtype, device=boxes.device) * self.center_radius
             regions.append((cx - rad, cy - rad, cx + rad, cy + rad))
-        in_ctr = points_inside(priors, x1, y1, x2, y2, scratch.get("in_ctr", g, torch.bool), tmp, per_level=regions)
-        if _FLAVOURS[self.flavour][2]:
-            in_box = points_inside(priors, x1, y1, x2, y2, scratch.get("in_box", g, torch.bool), tmp)
-            return in_box.any(dim=1), in_ctr.any(dim=1), in_box.logical_and_(in_ctr)
-        return torch.zeros(B, priors.num_priors, dtype=torch.bool, device=boxes.device), in_ctr.any(dim=1), in_ctr
+        mmdet = _FLAVOURS[self.flavour][2]
+        candidates = central = None
+        if need_candidates:
+            candidates = any_inside(priors, x1, y1, x2, y2, scratch, per_level=regions)
+            if mmdet:
+                candidates |= any_inside(priors, x1, y1, x2, y2, scratch)
+        if need_central:
+            if mmdet:  # inside both = inside the intersection of the box and the centre region
+                regions = [(torch.maximum(x1, l), torch.maximum(y1, t), torch.minimum(x2, r), torch.minimum(y2, b))
+                           for l, t, r, b in regions]
+            central = points_inside(priors, x1, y1, x2, y2, scratch.get("central", g, torch.bool),
+                                    scratch.get("btmp", g, torch.bool), per_level=regions)
+        return candidates, central
 
     def _cost(self, gt_boxes: Tensor, rows: Tensor, table: Tensor, boxes_c: Tensor, central: Tensor,
               scratch: Scratch) -> tuple[Tensor, Tensor]:
@@ -213,18 +224,13 @@ class SimOTAAssigner(Assigner):
                 extras={"overlaps": zeros_bn, "candidates": torch.zeros(B, N, dtype=torch.bool, device=device)}
             )
         chunks = gt_chunks(B, G, N, self.max_pairs)
-        scratch = Scratch(B, max(c.stop - c.start for c in chunks), N, dtype, device)
+        scratch = scratch_for(self, device, B, max(c.stop - c.start for c in chunks), N, dtype)
         single = len(chunks) == 1
 
-        # pass 1: candidates = priors in some GT box or some GT's centre region (mmdet), or in
-        # some centre region (yolox)
+        # pass 1: candidates (union over the real GTs)
         candidates = torch.zeros(B, N, dtype=torch.bool, device=device)
-        central_cache = None
         for sl in chunks:
-            any_box, any_ctr, central = self._geometry(priors, gt_boxes[:, sl], gt.mask[:, sl], scratch)
-            candidates |= any_box | any_ctr
-            if single:
-                central_cache = central
+            candidates |= self._geometry(priors, gt_boxes[:, sl], gt.mask[:, sl], scratch, need_central=False)[0]
         has_cand = candidates.any(dim=1, keepdim=True)
 
         # per-class cost table (B, C + 1, N): BCE of the prior's probabilities against each class's
@@ -253,7 +259,7 @@ class SimOTAAssigner(Assigner):
         cost_cache = None
         for sl in chunks:
             gmask = gt.mask[:, sl]
-            central = central_cache if single else self._geometry(priors, gt_boxes[:, sl], gmask, scratch)[2]
+            central = self._geometry(priors, gt_boxes[:, sl], gmask, scratch, need_candidates=False)[1]
             rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)
             cost, ious = self._cost(gt_boxes[:, sl], rows, table, boxes_c, central, scratch)
             ks[:, sl] = dynamic_k(ious, q, gmask & has_cand)
@@ -269,7 +275,7 @@ class SimOTAAssigner(Assigner):
                 cost = cost_cache
             else:
                 gmask = gt.mask[:, sl]
-                central = self._geometry(priors, gt_boxes[:, sl], gmask, scratch)[2]
+                central = self._geometry(priors, gt_boxes[:, sl], gmask, scratch, need_candidates=False)[1]
                 rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)
                 cost = self._cost(gt_boxes[:, sl], rows, table, boxes_c, central, scratch)[0]
             lowest.update(cost, sl.start)

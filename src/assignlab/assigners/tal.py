@@ -63,7 +63,7 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
-from ._dynamic_k import Scratch, class_rows, pairwise_iou, points_inside, prepare_scores
+from ._dynamic_k import Scratch, class_rows, pairwise_iou, points_inside, prepare_scores, scratch_for
 from .base import Assigner, check_predictions
 
 __all__ = ["TaskAlignedAssigner", "pairwise_ciou"]
@@ -90,8 +90,9 @@ def pairwise_ciou(gt_boxes: Tensor, pred_boxes: Tensor, eps: float = 1e-7, scrat
     bufs = [scratch.get(f"c{i}", g) if scratch is not None else
             torch.empty(B, g, N, dtype=pred_boxes.dtype, device=pred_boxes.device) for i in range(5)]
     A, T, C2, D, E = bufs
-    gx1, gy1, gx2, gy2 = (gt_boxes[..., i, None] for i in range(4))  # (B, g, 1)
-    px1, py1, px2, py2 = (pred_boxes[:, None, :, i] for i in range(4))  # (B, 1, N)
+    # contiguous coordinate planes: strided (x4) operands would defeat vectorisation below
+    gx1, gy1, gx2, gy2 = (gt_boxes[..., i].contiguous()[..., None] for i in range(4))  # (B, g, 1)
+    px1, py1, px2, py2 = (pred_boxes[..., i].contiguous()[:, None, :] for i in range(4))  # (B, 1, N)
     w1, h1 = gx2 - gx1, gy2 - gy1 + eps
     w2, h2 = px2 - px1, py2 - py1 + eps
     # intersection (A) and union (C2)
@@ -245,7 +246,7 @@ class TaskAlignedAssigner(Assigner):
             return Assignment.empty(B, N, device=device).replace(extras={"metrics": zeros_bn, "overlaps": zeros_bn})
         ultra = self.flavour == "ultralytics"
         chunks = gt_chunks(B, G, N, self.max_pairs)
-        scratch = Scratch(B, max(c.stop - c.start for c in chunks), N, dtype, device)
+        scratch = scratch_for(self, device, B, max(c.stop - c.start for c in chunks), N, dtype)
         single = len(chunks) == 1
         table = probs.transpose(1, 2).contiguous().view(B * C, N)  # (B * C, N) score of each class
         k = min(self.topk, N)
@@ -261,8 +262,7 @@ class TaskAlignedAssigner(Assigner):
                                     tmp2=scratch.get("c1", g)), None
             inside = points_inside(priors, *self._edges(boxes, gmask), scratch.get("in", g, torch.bool),
                                    scratch.get("btmp", g, torch.bool), eps=1e-9)
-            u = scratch.get("u", g)
-            u.copy_(pairwise_ciou(boxes, boxes_p, scratch=scratch)).clamp_(min=0)
+            u = pairwise_ciou(boxes, boxes_p, scratch=scratch).clamp_(min=0)  # lives in buffer "c0"
             u.masked_fill_(torch.logical_not(inside, out=scratch.get("btmp", g, torch.bool)), 0.0)
             return u, inside
 
@@ -283,9 +283,10 @@ class TaskAlignedAssigner(Assigner):
                 s.pow_(self.alpha)
             t = torch.pow(u, self.beta, out=scratch.get("t", g)).mul_(s)  # s ** alpha * u ** beta
             if ultra:
-                # rank the in-box priors first (their metric >= 0 > -1)
-                ti = t.masked_fill(torch.logical_not(inside, out=scratch.get("btmp", g, torch.bool)), -1.0)
-                idx = ti.topk(k, dim=-1).indices
+                # rank the in-box priors first (their metric >= 0 > -1); in place: only the in-box
+                # values are read back below
+                t.masked_fill_(torch.logical_not(inside, out=scratch.get("btmp", g, torch.bool)), -1.0)
+                idx = t.topk(k, dim=-1).indices
                 ok = inside.gather(-1, idx)
             else:
                 tv, idx = t.topk(k, dim=-1)
