@@ -55,7 +55,6 @@ from ._dynamic_k import (
     dynamic_k,
     final_gt_index,
     pairwise_iou,
-    prepare_scores,
     resolve_dynamic_k,
     scratch_for,
 )
@@ -125,7 +124,7 @@ class DynamicSoftLabelAssigner(Assigner):
         out.sub_(self.soft_center_radius)
         return torch.pow(10, out, out=out)
 
-    def _tables(self, probs: Tensor, logits: Tensor | None, candidates: Tensor) -> tuple[list[Tensor], Tensor]:
+    def _tables(self, scores: Tensor, candidates: Tensor) -> tuple[list[Tensor], Tensor]:
         """Per-class tables for the soft-label classification cost.
 
         Returns ``([a, b, p], rest)``: ``a, b`` ``(B * C, N)`` the two logs of the BCE (logits:
@@ -133,20 +132,21 @@ class DynamicSoftLabelAssigner(Assigner):
         the probabilities, and ``rest`` ``(B * (C + 1), N)`` the summed background cost of all
         the *other* classes, ``inf`` for non-candidate priors and in row ``C`` (padded GTs).
         """
-        B, N, C = probs.shape
-        p_t = probs.transpose(1, 2).contiguous()  # (B, C, N)
-        if logits is not None:
-            a = logits.transpose(1, 2).contiguous()
+        B, N, C = scores.shape
+        if self.scores_are == "logits":
+            a = scores.transpose(1, 2).contiguous()  # (B, C, N)
+            p_t = torch.sigmoid(a)
             b = F.logsigmoid(a)
             bg = a - b  # BCE_with_logits(x, 0) = (1 - 0) * x - log_sigmoid(x)
         else:
+            p_t = scores.transpose(1, 2).contiguous()  # (B, C, N)
             a = torch.log1p(-p_t).clamp_(min=-100)
             b = torch.log(p_t).clamp_(min=-100)
             bg = a.neg()  # BCE(p, 0) = -max(log(1 - p), -100)
         bg.mul_(p_t * p_t)  # * |0 - p| ** 2
         total = bg.sum(dim=1, keepdim=True)
         total.masked_fill_(~candidates[:, None, :], float("inf"))
-        rest = torch.empty(B, C + 1, N, dtype=probs.dtype, device=probs.device)
+        rest = torch.empty(B, C + 1, N, dtype=scores.dtype, device=scores.device)
         torch.sub(total, bg, out=rest[:, :C])
         rest[:, C] = float("inf")
         return [t.view(B * C, N) for t in (a, b, p_t)], rest.view(B * (C + 1), N)
@@ -163,11 +163,10 @@ class DynamicSoftLabelAssigner(Assigner):
         check_predictions(priors, gt, pred_boxes, pred_scores, type(self).__name__)
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
         device = gt.device
-        probs, logits = prepare_scores(pred_scores, self.scores_are)
-        dtype = probs.dtype if probs.dtype == torch.float64 else torch.float32
-        probs = probs.to(dtype)
-        logits = logits.to(dtype) if logits is not None else None
-        C = probs.shape[-1]
+        scores = pred_scores.detach()
+        dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+        scores = scores.to(dtype)
+        C = scores.shape[-1]
         boxes_p = pred_boxes.detach().to(dtype)
         gt_boxes = gt.boxes.to(dtype)
         if G and bool(((gt.labels < 0) | (gt.labels >= C))[gt.mask].any()):
@@ -188,7 +187,7 @@ class DynamicSoftLabelAssigner(Assigner):
             x1, y1, x2, y2 = (torch.where(gt.mask[:, sl], gt_boxes[:, sl, i], nan) for i in range(4))
             candidates |= any_inside(priors, x1, y1, x2, y2, scratch)
         has_cand = candidates.any(dim=1, keepdim=True)
-        tables, rest = self._tables(probs, logits, candidates)
+        tables, rest = self._tables(scores, candidates)
         boxes_c = torch.where(candidates[..., None], boxes_p, torch.full((), FAR, dtype=dtype, device=device))
 
         def cost_of(sl: slice) -> tuple[Tensor, Tensor]:
@@ -208,7 +207,7 @@ class DynamicSoftLabelAssigner(Assigner):
                 return torch.index_select(tables[j], 0, rows, out=t2).view(B, g, N)
 
             # soft-label BCE against y = IoU for the GT's class: BCE(s, IoU) * |IoU - p| ** 2
-            if logits is not None:
+            if self.scores_are == "logits":
                 torch.neg(ious, out=cost).add_(1).mul_(pick(0)).sub_(pick(1))  # (1 - y) * x - log_sigmoid(x)
             else:
                 torch.sub(ious, 1, out=cost).mul_(pick(0))  # (y - 1) * log(1 - p) - y * log(p)
