@@ -236,17 +236,19 @@ class SimOTAAssigner(Assigner):
         # per-class cost table (B, C + 1, N): BCE of the prior's probabilities against each class's
         # one-hot label (= sum of every class as background, with that class swapped to foreground);
         # row C (padded GTs) and non-candidate priors are +inf
-        p_t = probs.transpose(1, 2).contiguous()  # (B, C, N)
+        p_t = torch.empty(B, C, N, dtype=dtype, device=device).copy_(probs.transpose(1, 2))  # own copy: edited below
         log_pos = torch.log(p_t).clamp_(min=-100)  # -BCE(p, 1), clamped as F.binary_cross_entropy
         log_neg = p_t.neg_().log1p_().clamp_(min=-100)  # -BCE(p, 0)
         bg = log_neg.sum(dim=1, keepdim=True).neg_()  # (B, 1, N) cost if every class were background
-        bg.masked_fill_(~candidates[:, None, :], float("inf"))
         table = torch.empty(B, C + 1, N, dtype=dtype, device=device)
         # swap the GT's class to foreground: + BCE(p, 1) - BCE(p, 0) = log(1 - p) - log(p)
         torch.sub(log_neg, log_pos, out=table[:, :C]).add_(bg)
-        del log_neg, log_pos, p_t
+        del log_neg, log_pos, p_t, bg
         if self.cls_weight != 1.0:
             table[:, :C] *= self.cls_weight
+        # + inf (never chosen) for the priors that are no candidate (after the weight: 0 * inf)
+        off = torch.zeros(B, 1, N, dtype=dtype, device=device).masked_fill_(~candidates[:, None, :], float("inf"))
+        table[:, :C] += off
         table[:, C] = float("inf")
         table = table.view(B * (C + 1), N)
         # non-candidates predict a far-away point: IoU 0 with every GT, so they add nothing to k
