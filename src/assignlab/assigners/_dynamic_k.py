@@ -7,11 +7,16 @@ assigner (:mod:`.tal`) share:
 * :func:`pairwise_iou` / :func:`aligned_iou`: IoU of GT boxes with predicted boxes, with
   mmdetection's ``BboxOverlaps2D`` formula (``inter / max(union, eps)``), so values are
   bit-identical to mmdet's and finite for zero-area boxes.
+* :func:`points_inside` / :func:`any_inside`: strict "prior centre inside a box" tests for every
+  (GT, prior) pair, or OR-ed over the GTs; on grid levels (:func:`~assignlab.core.make_priors`)
+  they test rows and columns separately (``(B, g, rows)`` and ``(B, g, cols)``) instead of every
+  prior, with the same results.
 * :func:`dynamic_k`: OTA's per-GT ``k = max(1, int(sum of the top-q candidate IoUs))``.
 * :func:`resolve_dynamic_k`: turns every GT's ``k`` cheapest priors into one GT per prior, with
   mmdetection / YOLOX's rule for a prior chosen by several GTs (the GT of lowest cost over *all*
   GTs), from small ``(B, G, q)`` index tensors -- no dense ``(B, G, N)`` selection mask and no
-  loop over GTs.
+  loop over GTs; :class:`LowestCost` finds, chunk by chunk, the cheapest GT of the priors that
+  were chosen.
 
 Shapes: ``B`` images, ``g`` GTs in the current chunk (``G`` in all), ``N`` priors.
 
@@ -37,6 +42,7 @@ __all__ = [
     "class_rows",
     "dynamic_k",
     "final_gt_index",
+    "grid_axes",
     "pairwise_iou",
     "points_inside",
     "prepare_scores",
@@ -95,7 +101,7 @@ def scratch_for(owner: object, device: torch.device, batch_size: int, max_g: int
     return sc.configure(batch_size, max_g, num_priors, dtype)
 
 
-def _grid(priors: Priors, level: int) -> tuple[Tensor, Tensor, int, int, int] | None:
+def grid_axes(priors: Priors, level: int) -> tuple[Tensor, Tensor, int, int, int] | None:
     """``(xs (cols,), ys (rows,), rows, cols, anchors)`` of a level whose priors form a row-major
     grid (:func:`~assignlab.core.make_priors`), or None when the layout is unknown
     (``Priors.from_tensors`` records ``(0, 0)`` shapes)."""
@@ -137,7 +143,7 @@ def points_inside(
 
     for li, sl in enumerate(priors.level_slices()):
         lt, tp, rt, bt = per_level[li] if per_level is not None else (left, top, right, bottom)
-        grid = _grid(priors, li)
+        grid = grid_axes(priors, li)
         if grid is not None:
             xs, ys, rows, cols, na = grid
             xs, ys = xs.to(left.dtype), ys.to(left.dtype)
@@ -170,7 +176,7 @@ def any_inside(
     out = torch.zeros(B, N, dtype=torch.bool, device=left.device)
     for li, sl in enumerate(priors.level_slices()):
         lt, tp, rt, bt = per_level[li] if per_level is not None else (left, top, right, bottom)
-        grid = _grid(priors, li)
+        grid = grid_axes(priors, li)
         if grid is not None:
             xs, ys, rows, cols, na = grid
             xs, ys = xs.to(left.dtype), ys.to(left.dtype)

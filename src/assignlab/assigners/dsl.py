@@ -35,7 +35,14 @@ applies the sigmoid); pass ``scores_are="probabilities"`` when the scores are al
 Outputs: ``quality`` = the IoU soft label of each positive (RTMDet's classification target);
 ``box_weight`` 1 on positives; ``extras["overlaps"]`` = that IoU, ``extras["candidates"]`` the
 ``(B, N)`` candidate mask. An image with no real GT or no candidate is all negative. Ignore
-regions are not used (as in mmdet). Batched over images and GT chunks under ``max_pairs``.
+regions are not used (as in mmdet).
+
+Implementation: batched over images with ``(B, G)`` padded GTs, in GT chunks under ``max_pairs``
+(identical results), no loop over images or GTs. Only the GT's class depends on the IoU, so the
+classification cost is the summed background cost of the *other* classes (a per-class table) plus
+one soft-label term per pair -- no ``(B, G, N, C)`` tensor (float32 rounding of the class sum
+differs from mmdet's by ulps). Dynamic k and the resolution of priors chosen several times work as
+in :mod:`.simota`.
 """
 
 from __future__ import annotations
@@ -48,12 +55,12 @@ from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._dynamic_k import (
     FAR,
     LowestCost,
-    _grid,
     aligned_iou,
     any_inside,
     class_rows,
     dynamic_k,
     final_gt_index,
+    grid_axes,
     pairwise_iou,
     resolve_dynamic_k,
     scratch_for,
@@ -109,7 +116,7 @@ class DynamicSoftLabelAssigner(Assigner):
         B, g = centre.shape[:2]
         cx, cy = centre[..., 0], centre[..., 1]
         for li, sl in enumerate(priors.level_slices()):
-            grid = _grid(priors, li)
+            grid = grid_axes(priors, li)
             o = out[:, :, sl]
             if grid is not None:
                 xs, ys, rows, cols, na = grid

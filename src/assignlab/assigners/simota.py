@@ -43,13 +43,21 @@ Example tensors (one image, one GT, three candidates, ``candidate_topk=10``)::
     cost  [[0.80, 1.90, 5.30]]   -> the GT takes prior 0
     gt_index [0, -1, -1]; quality [0.90, 0, 0]
 
-Outputs: ``gt_index``; ``quality`` = IoU of the positive's *predicted* box with its GT (the
-classification / objectness target mmdet's YOLOX head uses); ``box_weight`` 1 on positives.
+Outputs: ``gt_index``; ``quality`` = IoU of the positive's *predicted* box with its GT (mmdet's
+``YOLOXHead`` trains the class score of a positive toward ``onehot * IoU``; its objectness target
+is 1 on positives); ``box_weight`` 1 on positives.
 ``extras["overlaps"]`` = the same IoU (0 off the positives), ``extras["candidates"]`` = the
 ``(B, N)`` candidate mask. Ignore regions are not used (as in mmdet). An image with no real GT or
 no candidate is all negative.
 
-Everything is batched: ``(B, G)`` padded GTs, GT chunks under ``max_pairs`` (identical results).
+Implementation: batched over images with ``(B, G)`` padded GTs, in GT chunks under ``max_pairs``
+(identical results), no loop over images or GTs. The classification cost comes from a per-class
+table ``(B, C + 1, N)`` -- the BCE of a prior if every class were background, with one class
+swapped to foreground -- looked up per GT by row, so no ``(B, G, N, C)`` tensor is built (the sum
+over classes is therefore rounded differently from mmdet's, by float32 ulps). The dynamic k is
+vectorised: one ``topk(candidate_topk)`` of each GT's cost and the mask ``rank < k_g``
+(``k_g <= candidate_topk``); priors chosen several times are resolved on the ``(B, G *
+candidate_topk)`` chosen positions only. Non-candidates get an infinite cost and an IoU of 0.
 """
 
 from __future__ import annotations
