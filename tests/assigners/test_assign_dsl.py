@@ -203,3 +203,14 @@ def test_property_padding_rows_change_nothing(problem, extra):
     assert torch.equal(a.quality, b.quality)
     assert torch.equal(a.extras["candidates"], b.extras["candidates"])
     assert not math.isnan(float(a.quality.sum()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_other_dtypes(dtype):
+    pri, gt, pred, scores = random_problem(3)
+    logits = torch.logit(scores)
+    ref = DynamicSoftLabelAssigner()(pri, gt, pred_boxes=pred, pred_scores=logits)
+    res = DynamicSoftLabelAssigner()(pri, gt, pred_boxes=pred.to(dtype), pred_scores=logits.to(dtype))
+    res.validate(gt)
+    if dtype == torch.float64:
+        assert torch.equal(res.gt_index, ref.gt_index)

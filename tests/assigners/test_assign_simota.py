@@ -266,3 +266,13 @@ def test_quality_is_iou_of_prediction():
     ref = torch.stack([box_iou(pred[bi, ni][None], gt.boxes[bi, gi][None])[0, 0] for bi, ni, gi in zip(b, n, g)])
     torch.testing.assert_close(res.quality[b, n], ref)
     assert not math.isnan(float(res.quality.sum()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_other_dtypes(dtype):
+    pri, gt, pred, scores = random_problem(3)
+    ref = SimOTAAssigner()(pri, gt, pred_boxes=pred, pred_scores=scores)
+    res = SimOTAAssigner()(pri, gt, pred_boxes=pred.to(dtype), pred_scores=scores.to(dtype))
+    res.validate(gt)
+    if dtype == torch.float64:
+        assert torch.equal(res.gt_index, ref.gt_index)

@@ -269,3 +269,14 @@ def test_property_padding_rows_change_nothing(problem, extra, flavour):
     assert torch.equal(a.quality, b.quality)
     assert torch.equal(a.extras["metrics"], b.extras["metrics"])
     assert not math.isnan(float(a.quality.sum()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("flavour", ["mmdet", "ultralytics"])
+def test_other_dtypes(dtype, flavour):
+    pri, gt, pred, scores = random_problem(3)
+    ref = TaskAlignedAssigner(flavour=flavour)(pri, gt, pred_boxes=pred, pred_scores=scores)
+    res = TaskAlignedAssigner(flavour=flavour)(pri, gt, pred_boxes=pred.to(dtype), pred_scores=scores.to(dtype))
+    res.validate(gt)
+    if dtype == torch.float64:
+        assert torch.equal(res.gt_index, ref.gt_index)
