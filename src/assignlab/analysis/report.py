@@ -139,25 +139,27 @@ MARKER = "compare_run.json"
 #: about 3 minutes of wall time on 2 CPU cores (see the report's timing line).
 BUILTIN_CONFIG = """\
 # Built-in quick comparison: `assignlab compare` with no argument runs exactly this.
-# Three strategies, the same small budget, two seeds, on the built-in synthetic data.
+# Three strategies, the same small budget, two seeds, on the built-in synthetic data (two classes:
+# with one class the YOLOv5 loss never trains the class logit).
 title: Quick comparison (synthetic data)
 data:
   format: synthetic
-  synthetic: {num_train: 48, num_val: 24, seed: 0, min_objects: 3, max_objects: 12, min_size: 8, max_size: 0.5}
+  synthetic: {num_classes: 2, num_train: 128, num_val: 32, seed: 0, min_objects: 2, max_objects: 10,
+              min_size: 8, max_size: 0.5}
 out: runs/compare/quick
 seeds: [0, 1]
 metric: AP50
-stats_images: 48
+stats_images: 64
 draw_images: 3
 draw_conf: 0.2
 base:
   img: 128
-  epochs: 3
+  epochs: 10
   batch: 8
   width: 0.25
   lr: 0.02
   warmup_epochs: 0.5
-  eval_every: 0
+  eval_every: 2
 runs:
   - name: yolov5
     note: YOLOv5 assigner and loss, anchor head (one anchor per level)
@@ -232,6 +234,10 @@ class CompareConfig:
     def run_dir(self, run: RunSpec | str, seed: int) -> Path:
         name = run.name if isinstance(run, RunSpec) else run
         return Path(self.out) / "runs" / name / f"seed{seed}"
+
+    def explicit_keys(self, run: RunSpec) -> list[str]:
+        """The TrainConfig keys set by ``base`` or the run (shown in its reproduce command)."""
+        return sorted({*self.base, *run.settings})
 
     def train_config(self, run: RunSpec, seed: int):
         """The :class:`TrainConfig` of ``run`` with ``seed`` (validated)."""
@@ -422,9 +428,16 @@ def load_compare_config(
     if cfg.baseline is not None and cfg.baseline not in [r.name for r in runs]:
         raise CompareConfigError(f"{where}: baseline {cfg.baseline!r} is not a run name; runs: "
                                  f"{', '.join(r.name for r in runs)}")
-    for r in runs:  # build and validate every TrainConfig now
+    from ..engine.config import ConfigError
+    from ..engine.train import build_model
+
+    for r in runs:  # build and validate every TrainConfig now, and each run's model once
         for s in seeds:
-            cfg.train_config(r, s)
+            tc = cfg.train_config(r, s)
+        try:
+            build_model(tc, 1)
+        except ConfigError as e:
+            raise CompareConfigError(f"{where}: run {r.name!r}: {e}") from None
     return cfg
 
 
@@ -453,12 +466,14 @@ def _yaml_value(v: Any) -> str:
     return s
 
 
-def reproduce_command(tc: Any) -> str:
-    """The ``assignlab train ...`` command line of a TrainConfig: the options that differ from
-    the defaults (data, assigner, loss, head, seed and out always), shell-quoted."""
+def reproduce_command(tc: Any, explicit: Sequence[str] = ()) -> str:
+    """The ``assignlab train ...`` command line of a TrainConfig, shell-quoted: the options that
+    differ from the defaults or are named in ``explicit`` (the keys the comparison config sets),
+    and always data, assigner, loss, head, seed and out."""
     from ..engine.config import TrainConfig
 
     default = TrainConfig()
+    explicit = set(explicit)
     args: list[str] = []
     for k in _DEDICATED:
         v = getattr(tc, k)
@@ -466,7 +481,7 @@ def reproduce_command(tc: Any) -> str:
             if v is not None:
                 args += ["--data", str(v)]
             continue
-        if k in _ALWAYS or v != getattr(default, k):
+        if k in _ALWAYS or k in explicit or v != getattr(default, k):
             args += ["--" + k.replace("_", "-"), _yaml_value(v)]
     for k, v in sorted((tc.assigner_opts or {}).items()):
         args += ["--assigner-opt", f"{k}={_yaml_value(v)}"]
@@ -475,7 +490,7 @@ def reproduce_command(tc: Any) -> str:
     for k, v in sorted(tc.to_dict().items()):
         if k in _DEDICATED or k in ("assigner_opts", "loss_opts", "resume"):
             continue
-        if v != getattr(default, k):
+        if k in explicit or v != getattr(default, k):
             args += ["--set", f"{k}={_yaml_value(v)}"]
     return "assignlab train " + shlex.join(args)
 
@@ -667,7 +682,9 @@ def plot_curves(curves: Mapping[str, Sequence[list[dict[str, float | None]]]], p
             if len(seed_rows) > 1:
                 ax.fill_between(ep, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.2)
     axes[0].set_title("training loss (each run's own loss: compare shapes, not levels)", fontsize=9)
-    axes[0].set_ylabel("loss")
+    axes[0].set_ylabel("loss (log scale)")
+    if axes[0].lines:
+        axes[0].set_yscale("log")
     axes[1].set_title("val AP50 (validated epochs)", fontsize=9)
     axes[1].set_ylabel("AP50")
     from matplotlib.ticker import MaxNLocator
@@ -686,9 +703,9 @@ def plot_curves(curves: Mapping[str, Sequence[list[dict[str, float | None]]]], p
 
 
 def plot_detections(models: Mapping[str, tuple[Path, Any]], num_images: int, conf: float, path: Path,
-                    device: str = "cpu", dpi: int = 100) -> Path:
+                    device: str = "cpu", dpi: int = 100, max_det: int = 30) -> Path:
     """A grid PNG: one row per run, the first ``num_images`` val images with the GT boxes (green,
-    dashed) and the run's detections scoring >= ``conf`` (red, with the score)."""
+    dashed) and the run's (at most ``max_det``) detections scoring >= ``conf`` (red, with the score)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -718,7 +735,7 @@ def plot_detections(models: Mapping[str, tuple[Path, Any]], num_images: int, con
                 continue
             image, target = samples[ci]
             with torch.no_grad():
-                dets = model.postprocess(model(image[None].to(device)), priors, conf=conf, iou=tc.iou, max_det=100)[0]
+                dets = model.postprocess(model(image[None].to(device)), priors, conf=conf, iou=tc.iou, max_det=max_det)[0]
             img = _image_np(image)
             H, W = img.shape[:2]
             ax.imshow(img, extent=(0, W, H, 0))
@@ -832,7 +849,7 @@ def _seed_record(cfg: CompareConfig, run: RunSpec, seed: int, tc: Any, reused: b
     return {
         "seed": seed,
         "out": str(out),
-        "command": reproduce_command(tc),
+        "command": reproduce_command(tc, cfg.explicit_keys(run)),
         "reused": reused,
         "epochs": int(last.get("epoch") or 0),
         "metrics": metrics,
@@ -876,17 +893,45 @@ def compare(
     _prepare_data(cfg, force)
     ana_device = device or ("cuda" if torch.cuda.is_available() and cfg.base.get("device", "auto") != "cpu" else "cpu")
 
-    # 1. train / reuse
-    trained: dict[str, list[dict[str, Any]]] = {}
+    # 0. refuse folders holding other runs before training anything
+    if not force:
+        clash = []
+        for r in runs:
+            for sd in cfg.seeds:
+                state, detail = run_state(cfg.train_config(r, sd))
+                if state == "different":
+                    clash.append(f"{cfg.run_dir(r, sd)} ({detail})")
+        if clash:
+            raise CompareConfigError("run folder(s) holding a run with a different configuration: "
+                                     + "; ".join(clash) + ". Use --force to retrain, or rename the runs")
+
+    # 1. train / reuse (a failing run is reported, the others go on)
+    trained: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    failures: list[dict[str, Any]] = []
     for r in runs:
-        trained[r.name] = [_train_one(cfg, r, s, force, progress, log, device) for s in cfg.seeds]
+        trained[r.name] = []
+        for sd in cfg.seeds:
+            try:
+                trained[r.name].append((sd, _train_one(cfg, r, sd, force, progress, log, device)))
+            except CompareConfigError:
+                raise
+            except Exception as e:  # noqa: BLE001 - one broken strategy must not lose the others
+                import traceback
+
+                log(f"[{r.name} seed {sd}] FAILED: {type(e).__name__}: {e}")
+                traceback.print_exc()
+                failures.append({"name": r.name, "seed": sd, "error": f"{type(e).__name__}: {e}"})
+    runs = [r for r in runs if trained[r.name]]
+    if not runs:
+        raise RuntimeError("every run failed: " + "; ".join(f"{f['name']} seed {f['seed']}: {f['error']}"
+                                                          for f in failures))
 
     # 2. collect numbers
     n_train_cache: dict[tuple, int] = {}
     results_runs: list[dict[str, Any]] = []
     for r in runs:
         seed_recs = []
-        for s, t in zip(cfg.seeds, trained[r.name]):
+        for s, t in trained[r.name]:
             tc = t["tc"]
             key = (tc.data, tc.train_split, tc.img, tc.merge_classes, tc.seed)
             if key not in n_train_cache:
@@ -897,7 +942,8 @@ def compare(
         mean, spread = {}, {}
         for k in keys:
             mean[k], spread[k] = mean_spread([sr["metrics"].get(k) for sr in seed_recs])
-        tc0 = trained[r.name][0]["tc"]
+        stats_seed, first = trained[r.name][0]
+        tc0 = first["tc"]
         weights = Path(tc0.out) / "last.pt"
         log(f"[{r.name}] assignment statistics ({cfg.stats_images} train images)")
         stats = assignment_statistics(tc0, weights, cfg.stats_images, ana_device)
@@ -918,7 +964,7 @@ def compare(
             "train_seconds": mean_spread([sr["train_seconds"] for sr in seed_recs])[0],
             "images_per_second": mean_spread([sr["images_per_second"] for sr in seed_recs])[0],
             "stats": stats,
-            "stats_seed": cfg.seeds[0],
+            "stats_seed": stats_seed,
         })
 
     # 3. verdicts against the baseline
@@ -942,7 +988,7 @@ def compare(
     if cfg.draw_images > 0:
         models = {}
         for r in runs:
-            tc0 = trained[r.name][0]["tc"]
+            tc0 = trained[r.name][0][1]["tc"]
             w = Path(tc0.out) / "best.pt"
             models[r.name] = (w if w.is_file() else Path(tc0.out) / "last.pt", tc0)
         log(f"drawing detections on {cfg.draw_images} val images")
@@ -971,11 +1017,12 @@ def compare(
         "best": best,
         "runs": [{k: v for k, v in x.items()} for x in results_runs],
         "figures": figures,
+        "failures": failures,
         "timing": {
             "wall_seconds": round(wall, 2),
             "cpu_seconds": round(cpu, 2),
-            "trained": sum(not t["reused"] for ts in trained.values() for t in ts),
-            "reused": sum(t["reused"] for ts in trained.values() for t in ts),
+            "trained": sum(not t["reused"] for ts in trained.values() for _, t in ts),
+            "reused": sum(t["reused"] for ts in trained.values() for _, t in ts),
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "load_average": load,
@@ -1069,6 +1116,9 @@ def _report_blocks(r: Mapping[str, Any]) -> list[tuple]:
     notes = [f"{x['name']}: {x['note']}" for x in r["runs"] if x.get("note")]
     if notes:
         blocks.append(("ul", notes))
+    if r.get("failures"):
+        blocks.append(("p", "**Failed runs** (left out of every table; fix and rerun: finished runs are reused):"))
+        blocks.append(("ul", [f"{f['name']} seed {f['seed']}: `{f['error']}`" for f in r["failures"]]))
 
     blocks.append(("h", 2, "Training time"))
     head = ["run", "train time / seed (s)", "images/s", "wall incl. validation (s)", "best AP50 (epoch)"]
@@ -1237,11 +1287,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 for s in cfg.seeds:
                     tc = cfg.train_config(r, s)
                     state, detail = run_state(tc)
-                    print(f"[{r.name} seed {s}] {state}{f' ({detail})' if detail else ''}: {reproduce_command(tc)}")
+                    print(f"[{r.name} seed {s}] {state}{f' ({detail})' if detail else ''}: "
+                          f"{reproduce_command(tc, cfg.explicit_keys(r))}")
             return 0
-        compare(cfg, force=args.force, html_report=args.html, only=args.only, progress=args.progress,
-                device=args.device)
+        res = compare(cfg, force=args.force, html_report=args.html, only=args.only, progress=args.progress,
+                      device=args.device)
     except (CompareConfigError, ConfigError, CheckpointError, *data_errors) as e:
         print(f"assignlab compare: error: {e}", file=sys.stderr)
         return 2
+    if res.get("failures"):
+        print(f"assignlab compare: {len(res['failures'])} run(s) failed (see {res['report']})", file=sys.stderr)
+        return 1
     return 0
