@@ -276,3 +276,19 @@ def test_other_dtypes(dtype):
     res.validate(gt)
     if dtype == torch.float64:
         assert torch.equal(res.gt_index, ref.gt_index)
+
+
+@pytest.mark.parametrize("name", ["simota", "dsl", "tal"])
+def test_cpu_buffers_are_a_dropped_cache(name):
+    import copy
+    import pickle
+
+    pri, gt, pred, scores = random_problem(0, B=2, G=4)
+    a = ASSIGNERS[name]()
+    r1 = a(pri, gt, pred_boxes=pred, pred_scores=scores)
+    assert hasattr(a, "_scratch")
+    for b in (copy.deepcopy(a), pickle.loads(pickle.dumps(a))):
+        assert not hasattr(b, "_scratch")
+        assert torch.equal(b(pri, gt, pred_boxes=pred, pred_scores=scores).gt_index, r1.gt_index)
+    a.release_buffers()
+    assert not hasattr(a, "_scratch")

@@ -37,6 +37,7 @@ __all__ = [
     "FAR",
     "LowestCost",
     "Scratch",
+    "ScratchOwner",
     "aligned_iou",
     "any_inside",
     "class_rows",
@@ -87,6 +88,21 @@ class Scratch:
 
     def get(self, name: str, g: int, dtype: torch.dtype | None = None) -> Tensor:
         return self.flat(name, self.B * g * self.N, dtype or self.dtype).view(self.B, g, self.N)
+
+
+class ScratchOwner:
+    """Mixin: an assigner that may keep a CPU :class:`Scratch` (``self._scratch``) between calls.
+    The buffers are dropped when the assigner is pickled or deep-copied (they are only a cache),
+    and can be released explicitly with :meth:`release_buffers`. One instance should not be called
+    from several threads at once."""
+
+    def release_buffers(self) -> None:
+        self.__dict__.pop("_scratch", None)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_scratch", None)
+        return state
 
 
 def scratch_for(owner: object, device: torch.device, batch_size: int, max_g: int, num_priors: int,

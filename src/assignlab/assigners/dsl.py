@@ -55,6 +55,7 @@ from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._dynamic_k import (
     FAR,
     LowestCost,
+    ScratchOwner,
     aligned_iou,
     any_inside,
     class_rows,
@@ -72,7 +73,7 @@ __all__ = ["DynamicSoftLabelAssigner"]
 IOU_EPS = 1e-7
 
 
-class DynamicSoftLabelAssigner(Assigner):
+class DynamicSoftLabelAssigner(ScratchOwner, Assigner):
     """RTMDet's dynamic soft-label assigner. See the module docstring.
 
     Args:

@@ -70,6 +70,7 @@ from ._dynamic_k import (
     FAR,
     LowestCost,
     Scratch,
+    ScratchOwner,
     aligned_iou,
     any_inside,
     class_rows,
@@ -92,7 +93,7 @@ _FLAVOURS = {
 }
 
 
-class SimOTAAssigner(Assigner):
+class SimOTAAssigner(ScratchOwner, Assigner):
     """SimOTA dynamic-k assignment (YOLOX). See the module docstring.
 
     Args:

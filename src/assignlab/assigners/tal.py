@@ -63,7 +63,7 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
-from ._dynamic_k import Scratch, class_rows, pairwise_iou, points_inside, prepare_scores, scratch_for
+from ._dynamic_k import Scratch, ScratchOwner, class_rows, pairwise_iou, points_inside, prepare_scores, scratch_for
 from .base import Assigner, check_predictions
 
 __all__ = ["TaskAlignedAssigner", "pairwise_ciou"]
@@ -146,7 +146,7 @@ class _ArgBest:
         return gt, val.scatter_(1, self.positions, self.best)
 
 
-class TaskAlignedAssigner(Assigner):
+class TaskAlignedAssigner(ScratchOwner, Assigner):
     """TOOD task-aligned assigner, mmdetection or ultralytics flavour. See the module docstring.
 
     Args:
