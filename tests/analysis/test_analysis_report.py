@@ -335,3 +335,78 @@ def test_cli_check_and_errors(tmp_path, capsys):
     assert "facemask.yaml: 20 run(s) x 2 seed(s), data " in lines[0]
     assert lines[0].endswith(f"(voc), out {tmp_path / 'fm'}")
     assert sum(ln.startswith("[") and "] new: assignlab train " in ln for ln in lines) == 40
+
+
+# ---------------------------------------------------------------------------------- WIDER FACE
+def _cell(items):
+    a = np.empty((len(items), 1), dtype=object)
+    for i, x in enumerate(items):
+        a[i, 0] = x
+    return a
+
+
+def _wider_fixture(root: Path) -> tuple[Path, Path]:
+    """A 4-image WIDER FACE set (RetinaFace label.txt layout, 2 train / 2 val images of one event)
+    and the official-format ``.mat`` ground truth of its val split."""
+    import scipy.io as sio
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    faces = {"train": {"t1": [[8, 8, 20, 24]], "t2": [[30, 20, 16, 16], [4, 40, 12, 14]]},
+             "val": {"a": [[10, 10, 20, 24]], "b": [[5, 5, 16, 16], [30, 30, 20, 20]]}}
+    for split, imgs in faces.items():
+        lines = []
+        for name, fs in imgs.items():
+            arr = (rng.random((64, 64, 3)) * 60).astype(np.uint8)
+            for x, y, w, h in fs:
+                arr[y:y + h, x:x + w] = 230
+            p = root / split / "images" / "0--Parade" / f"{name}.jpg"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(p)
+            lines.append(f"# 0--Parade/{name}.jpg")
+            lines += [" ".join(map(str, f)) for f in fs]
+        (root / split / "label.txt").write_text("\n".join(lines) + "\n")
+    data = root / "wider.yaml"
+    data.write_text("format: widerface\npath: .\ntrain: train/label.txt\nval: val/label.txt\n")
+    gt = root / "gt"
+    gt.mkdir()
+    files = [list(faces["val"])]
+    boxes = [[np.array(fs, dtype=float) for fs in faces["val"].values()]]
+    sio.savemat(gt / "wider_face_val.mat", {"event_list": _cell(["0--Parade"]),
+                                            "file_list": _cell([_cell(f) for f in files]),
+                                            "face_bbx_list": _cell([_cell(b) for b in boxes])})
+    for s in R.WIDER_KEYS:  # easy keeps only the first face of each image, medium / hard all
+        keep = [_cell([np.arange(1, (1 if s == "easy" else len(b)) + 1).reshape(-1, 1) for b in bl]) for bl in boxes]
+        sio.savemat(gt / f"wider_{s}_val.mat", {"gt_list": _cell(keep)})
+    return data, gt
+
+
+def test_widerface_data_gets_easy_medium_hard(tmp_path):
+    from assignlab.engine.widerface_eval import evaluate_widerface
+
+    data, gt = _wider_fixture(tmp_path / "wider")
+    cfg_path = tmp_path / "wider.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "data": "wider/wider.yaml", "widerface_gt": "wider/gt", "seeds": [0], "stats_images": 2, "draw_images": 1,
+        "base": {"img": 64, "epochs": 1, "batch": 2, "width": 0.25, "device": "cpu"},
+        "runs": [{"name": "atss", "assigner": "atss", "loss": "focal", "head": "free"}],
+    }))
+    cfg = R.load_compare_config(cfg_path, out=str(tmp_path / "out"))
+    assert cfg.data_format == "widerface" and cfg.primary == "hard"
+    assert cfg.metric_keys == ("easy", "medium", "hard", "AP50")
+    res = R.compare(cfg, log=_quiet)
+    run_dir = tmp_path / "out" / "runs" / "atss" / "seed0"
+    preds = sorted(p.name for p in (run_dir / "widerface_pred" / "0--Parade").glob("*.txt"))
+    assert preds == ["a.txt", "b.txt"]  # one submission file per val image, even without detections
+    m = res["runs"][0]["seeds"][0]["metrics"]
+    assert m == {**m, **evaluate_widerface(run_dir / "widerface_pred", gt)}
+    for s in R.WIDER_KEYS:
+        assert 0.0 <= m[s] <= 1.0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| run | easy | medium | hard | AP50 | Δhard | verdict | settings |" in md
+    # refused: WIDER ground truth folder without the .mat files
+    (tmp_path / "empty").mkdir()
+    bad = yaml.safe_load(cfg_path.read_text())
+    bad["widerface_gt"] = str(tmp_path / "empty")
+    with pytest.raises(R.CompareConfigError, match="missing wider_face_val.mat, wider_easy_val.mat"):
+        R.load_compare_config(bad | {"data": str(data)})
