@@ -130,7 +130,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _fail("train", e)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
+    from .evaluate import format_metrics
+
     best = f"{res['best_fitness']:.4f}" if res["best_fitness"] > float("-inf") else "-"
+    if res.get("metrics"):
+        print(format_metrics(res["metrics"], f"final validation ({res['epochs']} epochs, EMA weights; AP in %)"))
     print(f"done: {res['epochs']} epochs, best val AP50 {best}; weights in {res['out']} (last.pt, best.pt)")
     return 0
 
