@@ -67,7 +67,7 @@ from ._grid import (
     sanitize_gt,
     sort_key,
 )
-from .base import Assigner
+from .base import Assigner, positive_int
 
 __all__ = ["ATSSAssigner"]
 
@@ -93,8 +93,7 @@ class ATSSAssigner(Assigner):
         max_pairs: int = DEFAULT_MAX_PAIRS,
     ) -> None:
         super().__init__(max_pairs)
-        if int(topk) != topk or int(topk) < 1:
-            raise ValueError(f"topk must be a positive integer, got {topk}")
+        positive_int("topk", topk)
         if float(square_scale) <= 0:
             raise ValueError(f"square_scale must be positive, got {square_scale}")
         self.topk = int(topk)

@@ -59,7 +59,7 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ..core.boxes import aligned_box_iou
-from .base import Assigner
+from .base import Assigner, positive, unit_interval
 
 __all__ = ["CenterNetAssigner", "gaussian_radius"]
 
@@ -116,8 +116,7 @@ class CenterNetAssigner(Assigner):
         square_scale: float = 8.0,
         max_pairs: int = DEFAULT_MAX_PAIRS,
     ) -> None:
-        if not 0.0 < float(min_overlap) < 1.0:
-            raise ValueError(f"min_overlap must be in (0, 1), got {min_overlap}")
+        unit_interval("min_overlap", min_overlap, closed_high=False)
         if level is not None and (int(level) != level or int(level) < 0):
             raise ValueError(f"level must be a non-negative integer or None, got {level}")
         if level is not None and size_ranges is not None:
@@ -128,8 +127,7 @@ class CenterNetAssigner(Assigner):
                 raise ValueError(f"size_ranges must be non-empty (lo, hi) pairs with lo < hi, got {size_ranges}")
         if num_classes is not None and (int(num_classes) != num_classes or int(num_classes) < 1):
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes}")
-        if not float(square_scale) > 0:
-            raise ValueError(f"square_scale must be positive, got {square_scale}")
+        positive("square_scale", square_scale)
         super().__init__(max_pairs)
         self.min_overlap = float(min_overlap)
         self.level = None if level is None else int(level)

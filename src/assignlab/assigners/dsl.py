@@ -66,7 +66,7 @@ from ._dynamic_k import (
     resolve_dynamic_k,
     scratch_for,
 )
-from .base import Assigner, check_predictions
+from .base import Assigner, check_predictions, check_scores_are, positive_int
 
 __all__ = ["DynamicSoftLabelAssigner"]
 
@@ -97,12 +97,10 @@ class DynamicSoftLabelAssigner(ScratchOwner, Assigner):
         super().__init__(max_pairs)
         if soft_center_radius < 0:
             raise ValueError(f"soft_center_radius must be >= 0, got {soft_center_radius}")
-        if int(topk) != topk or topk < 1:
-            raise ValueError(f"topk must be a positive integer, got {topk}")
+        positive_int("topk", topk)
         if iou_weight < 0:
             raise ValueError(f"iou_weight must be >= 0, got {iou_weight}")
-        if scores_are not in ("probabilities", "logits"):
-            raise ValueError(f"scores_are must be 'probabilities' or 'logits', got {scores_are!r}")
+        check_scores_are(scores_are)
         self.soft_center_radius = float(soft_center_radius)
         self.topk = int(topk)
         self.iou_weight = float(iou_weight)

@@ -54,7 +54,7 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ..core.boxes import batched_box_iou
-from .base import Assigner, check_predictions
+from .base import Assigner, check_predictions, positive, positive_int, unit_interval
 
 __all__ = ["HAMBoxAssigner"]
 
@@ -98,14 +98,10 @@ class HAMBoxAssigner(Assigner):
         square_scale: float = 8.0,
         max_pairs: int = DEFAULT_MAX_PAIRS,
     ) -> None:
-        if not 0.0 < float(t1) <= 1.0:
-            raise ValueError(f"t1 must be in (0, 1], got {t1}")
-        if not 0.0 < float(t2) <= 1.0:
-            raise ValueError(f"t2 must be in (0, 1], got {t2}")
-        if int(k) != k or int(k) < 1:
-            raise ValueError(f"k must be a positive integer, got {k}")
-        if not float(square_scale) > 0:
-            raise ValueError(f"square_scale must be positive, got {square_scale}")
+        unit_interval("t1", t1)
+        unit_interval("t2", t2)
+        positive_int("k", k)
+        positive("square_scale", square_scale)
         super().__init__(max_pairs)
         self.t1 = float(t1)
         self.k = int(k)

@@ -64,7 +64,7 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._grid import ignored_priors, level_iou, level_layouts, prior_areas, sanitize_gt
-from .base import Assigner
+from .base import Assigner, unit_interval
 
 __all__ = ["MaxIoUAssigner"]
 
@@ -99,8 +99,7 @@ class MaxIoUAssigner(Assigner):
         max_pairs: int = DEFAULT_MAX_PAIRS,
     ) -> None:
         super().__init__(max_pairs)
-        if not 0.0 < float(pos_iou_thr) <= 1.0:
-            raise ValueError(f"pos_iou_thr must be in (0, 1], got {pos_iou_thr}")
+        unit_interval("pos_iou_thr", pos_iou_thr)
         if isinstance(neg_iou_thr, (int, float)):
             lo, hi = 0.0, float(neg_iou_thr)
         else:
@@ -113,8 +112,7 @@ class MaxIoUAssigner(Assigner):
                 f"neg_iou_thr must satisfy 0 <= lo <= hi <= pos_iou_thr, got {neg_iou_thr!r} "
                 f"with pos_iou_thr={pos_iou_thr}"
             )
-        if not 0.0 <= float(min_pos_iou) <= 1.0:
-            raise ValueError(f"min_pos_iou must be in [0, 1], got {min_pos_iou}")
+        unit_interval("min_pos_iou", min_pos_iou, closed_low=True)
         if float(square_scale) <= 0:
             raise ValueError(f"square_scale must be positive, got {square_scale}")
         self.pos_iou_thr = float(pos_iou_thr)

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ..core.boxes import aligned_box_iou, batched_box_iou
-from .base import Assigner, check_predictions
+from .base import Assigner, check_predictions, positive, positive_int, unit_interval
 
 __all__ = ["NoisyAnchorAssigner"]
 
@@ -92,16 +92,12 @@ class NoisyAnchorAssigner(Assigner):
         square_scale: float = 8.0,
         max_pairs: int = DEFAULT_MAX_PAIRS,
     ) -> None:
-        if int(n) != n or int(n) < 1:
-            raise ValueError(f"n must be a positive integer, got {n}")
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        positive_int("n", n)
+        unit_interval("alpha", alpha, closed_low=True)
         if not float(gamma) >= 0.0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
-        if not 0.0 < float(eps) < 1.0:
-            raise ValueError(f"eps must be in (0, 1), got {eps}")
-        if not float(square_scale) > 0:
-            raise ValueError(f"square_scale must be positive, got {square_scale}")
+        unit_interval("eps", eps, closed_high=False)
+        positive("square_scale", square_scale)
         super().__init__(max_pairs)
         self.n = int(n)
         self.alpha = float(alpha)

@@ -82,7 +82,7 @@ from ._dynamic_k import (
     resolve_dynamic_k,
     scratch_for,
 )
-from .base import Assigner, check_predictions
+from .base import Assigner, check_predictions, check_scores_are, positive_int
 
 __all__ = ["SimOTAAssigner"]
 
@@ -125,16 +125,14 @@ class SimOTAAssigner(ScratchOwner, Assigner):
         super().__init__(max_pairs)
         if not center_radius > 0:
             raise ValueError(f"center_radius must be positive, got {center_radius}")
-        if int(candidate_topk) != candidate_topk or candidate_topk < 1:
-            raise ValueError(f"candidate_topk must be a positive integer, got {candidate_topk}")
+        positive_int("candidate_topk", candidate_topk)
         if iou_weight < 0:
             raise ValueError(f"iou_weight must be >= 0, got {iou_weight}")
         if cls_weight < 0:
             raise ValueError(f"cls_weight must be >= 0, got {cls_weight}")
         if flavour not in _FLAVOURS:
             raise ValueError(f"flavour must be one of {sorted(_FLAVOURS)}, got {flavour!r}")
-        if scores_are not in ("probabilities", "logits"):
-            raise ValueError(f"scores_are must be 'probabilities' or 'logits', got {scores_are!r}")
+        check_scores_are(scores_are)
         pen, eps, _ = _FLAVOURS[flavour]
         if penalty is not None and not penalty > 0:
             raise ValueError(f"penalty must be positive, got {penalty}")

@@ -64,7 +64,7 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._dynamic_k import Scratch, ScratchOwner, class_rows, pairwise_iou, points_inside, prepare_scores, scratch_for
-from .base import Assigner, check_predictions
+from .base import Assigner, check_predictions, check_scores_are, positive_int
 
 __all__ = ["TaskAlignedAssigner", "pairwise_ciou"]
 
@@ -176,8 +176,7 @@ class TaskAlignedAssigner(ScratchOwner, Assigner):
         max_pairs: int = DEFAULT_MAX_PAIRS,
     ) -> None:
         super().__init__(max_pairs)
-        if int(topk) != topk or topk < 1:
-            raise ValueError(f"topk must be a positive integer, got {topk}")
+        positive_int("topk", topk)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if beta < 0:
@@ -188,8 +187,7 @@ class TaskAlignedAssigner(ScratchOwner, Assigner):
             raise ValueError(f"eps must be positive, got {eps}")
         if small_box_side is not None and not small_box_side > 0:
             raise ValueError(f"small_box_side must be positive or None, got {small_box_side}")
-        if scores_are not in ("probabilities", "logits"):
-            raise ValueError(f"scores_are must be 'probabilities' or 'logits', got {scores_are!r}")
+        check_scores_are(scores_are)
         self.topk = int(topk)
         self.alpha = float(alpha)
         self.beta = float(beta)

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._grid import key_index, level_iou, level_layouts, merge_best, prior_areas, sanitize_gt, sort_key
-from .base import Assigner
+from .base import Assigner, positive_int, unit_interval
 
 __all__ = ["TopKAssigner"]
 
@@ -58,10 +58,8 @@ class TopKAssigner(Assigner):
         self, k: int = 9, min_iou: float = 0.0, square_scale: float = 8.0, max_pairs: int = DEFAULT_MAX_PAIRS
     ) -> None:
         super().__init__(max_pairs)
-        if int(k) != k or int(k) < 1:
-            raise ValueError(f"k must be a positive integer, got {k}")
-        if not 0.0 <= float(min_iou) < 1.0:
-            raise ValueError(f"min_iou must be in [0, 1), got {min_iou}")
+        positive_int("k", k)
+        unit_interval("min_iou", min_iou, closed_low=True, closed_high=False)
         if float(square_scale) <= 0:
             raise ValueError(f"square_scale must be positive, got {square_scale}")
         self.k = int(k)
