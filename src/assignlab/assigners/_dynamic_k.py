@@ -16,7 +16,10 @@ assigner (:mod:`.tal`) share:
   mmdetection / YOLOX's rule for a prior chosen by several GTs (the GT of lowest cost over *all*
   GTs), from small ``(B, G, q)`` index tensors -- no dense ``(B, G, N)`` selection mask and no
   loop over GTs; :class:`LowestCost` finds, chunk by chunk, the cheapest GT of the priors that
-  were chosen.
+  were chosen. :func:`select_dynamic_k` runs both passes over the GT chunks.
+* :func:`prepare_predictions`: the common start of a call (prediction checks, one float dtype,
+  GT label range); :func:`iou_assignment` / :func:`empty_iou_assignment`: the common result of
+  SimOTA and DSL (IoU soft label of each positive).
 
 Shapes: ``B`` images, ``g`` GTs in the current chunk (``G`` in all), ``N`` priors.
 
@@ -28,10 +31,13 @@ optional ``out`` / scratch buffers and work in place, keeping mmdetection's orde
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-from ..core import Priors
+from ..core import Assignment, GroundTruth, Priors
+from .base import check_gt_labels, check_predictions
 
 __all__ = [
     "FAR",
@@ -42,13 +48,17 @@ __all__ = [
     "any_inside",
     "class_rows",
     "dynamic_k",
+    "empty_iou_assignment",
     "final_gt_index",
     "grid_axes",
+    "iou_assignment",
     "pairwise_iou",
     "points_inside",
+    "prepare_predictions",
     "prepare_scores",
     "resolve_dynamic_k",
     "scratch_for",
+    "select_dynamic_k",
 ]
 
 MMDET_IOU_EPS = 1e-6  # BboxOverlaps2D default
@@ -277,6 +287,33 @@ def prepare_scores(pred_scores: Tensor, scores_are: str) -> tuple[Tensor, Tensor
     return x, None
 
 
+def prepare_predictions(
+    name: str,
+    priors: Priors,
+    gt: GroundTruth,
+    pred_boxes: Tensor | None,
+    pred_scores: Tensor | None,
+    scores_are: str | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The common start of a dynamic assigner's call: ``(scores, pred_boxes, gt_boxes)``.
+
+    Checks the predictions (:func:`~.base.check_predictions`), detaches them and brings scores,
+    predicted boxes and GT boxes to one dtype: float64 when the scores are float64, else float32.
+    ``scores_are`` ``"logits"`` / ``"probabilities"`` returns probabilities
+    (:func:`prepare_scores`); ``None`` returns the scores as given. Raises ``ValueError`` when a
+    real GT's label is outside ``[0, C)``, ``C`` = the number of score columns.
+    """
+    check_predictions(priors, gt, pred_boxes, pred_scores, name)
+    scores = pred_scores.detach() if scores_are is None else prepare_scores(pred_scores, scores_are)[0]
+    dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    scores = scores.to(dtype)
+    C = scores.shape[-1]
+    boxes_p = pred_boxes.detach().to(dtype)
+    gt_boxes = gt.boxes.to(dtype)
+    check_gt_labels(gt, C, f"{name}: a GT label is outside [0, {C}) (pred_scores has {C} classes)")
+    return scores, boxes_p, gt_boxes
+
+
 def class_rows(labels: Tensor, gt_valid: Tensor, rows_per_image: int, pad_row: int) -> Tensor:
     """Flat row ids ``b * rows_per_image + label`` (``pad_row`` for padded GTs) for
     ``index_select`` into a ``(B * rows_per_image, ...)`` per-class table."""
@@ -366,3 +403,63 @@ def final_gt_index(count: Tensor, chooser: Tensor, lowest: Tensor) -> Tensor:
     """One chooser -> it; several -> the lowest-cost GT; none -> -1."""
     return torch.where(count > 1, lowest, torch.where(count == 1, chooser, torch.full_like(chooser, -1)))
 
+
+
+def select_dynamic_k(
+    cost_of: Callable[[slice], tuple[Tensor, Tensor]],
+    chunks: list[slice],
+    gt_valid: Tensor,
+    q: int,
+    num_priors: int,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``(B, N)`` gt_index of the dynamic-k rule, GT chunk by GT chunk.
+
+    ``cost_of(sl)`` gives ``(cost, ious)`` ``(B, g, N)`` of the GT rows ``sl`` (``ious`` 0 off the
+    candidates); ``gt_valid`` ``(B, G)`` marks the GTs that take priors (real, with a candidate).
+    Pass 1: each GT's :func:`dynamic_k` and its ``q`` cheapest priors; pass 2: a prior chosen by
+    several GTs goes to the GT of lowest cost over all GTs (:class:`LowestCost`). With one chunk
+    its cost is reused, else recomputed (same values).
+    """
+    B, G = gt_valid.shape
+    device = gt_valid.device
+    idx = torch.zeros(B, G, q, dtype=torch.long, device=device)
+    ks = torch.zeros(B, G, dtype=torch.long, device=device)
+    single = len(chunks) == 1
+    cost_cache = None
+    for sl in chunks:
+        cost, ious = cost_of(sl)
+        ks[:, sl] = dynamic_k(ious, q, gt_valid[:, sl])
+        idx[:, sl] = cost.topk(q, dim=-1, largest=False).indices
+        if single:
+            cost_cache = cost
+
+    count, chooser, positions = resolve_dynamic_k(idx, ks, num_priors)
+    lowest = LowestCost(positions, dtype)
+    for sl in chunks:
+        lowest.update(cost_cache if single else cost_of(sl)[0], sl.start)
+    return final_gt_index(count, chooser, lowest.per_prior(num_priors))
+
+
+def empty_iou_assignment(batch_size: int, num_priors: int, dtype: torch.dtype, device: torch.device) -> Assignment:
+    """All-negative result of SimOTA / DSL (no GT or no prior), with their extras."""
+    B, N = batch_size, num_priors
+    return Assignment.empty(B, N, device=device).replace(
+        extras={"overlaps": torch.zeros(B, N, dtype=dtype, device=device),
+                "candidates": torch.zeros(B, N, dtype=torch.bool, device=device)}
+    )
+
+
+def iou_assignment(gt_index: Tensor, gt_boxes: Tensor, pred_boxes: Tensor, candidates: Tensor) -> Assignment:
+    """SimOTA / DSL result: ``quality`` and ``extras["overlaps"]`` = IoU of each positive's
+    predicted box with its GT (0 elsewhere), ``extras["candidates"]`` as given."""
+    B, N = gt_index.shape
+    positive = gt_index >= 0
+    assigned = torch.gather(gt_boxes, 1, gt_index.clamp(min=0)[..., None].expand(B, N, 4))
+    zeros = torch.zeros(B, N, dtype=pred_boxes.dtype, device=pred_boxes.device)
+    overlaps = torch.where(positive, aligned_iou(assigned, pred_boxes), zeros)
+    return Assignment.from_gt_index(
+        gt_index,
+        quality=overlaps,
+        extras={"overlaps": overlaps, "candidates": candidates},
+    )

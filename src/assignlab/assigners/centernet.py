@@ -59,7 +59,7 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ..core.boxes import aligned_box_iou
-from .base import Assigner, positive, unit_interval
+from .base import Assigner, check_gt_labels, positive, unit_interval
 
 __all__ = ["CenterNetAssigner", "gaussian_radius"]
 
@@ -192,8 +192,7 @@ class CenterNetAssigner(Assigner):
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
         device, dtype = gt.boxes.device, gt.boxes.dtype
         C = self._num_classes(gt, pred_scores)
-        if G and bool((((gt.labels < 0) | (gt.labels >= C)) & gt.mask).any()):  # validation
-            raise ValueError(f"CenterNetAssigner: GT labels must be in [0, {C})")
+        check_gt_labels(gt, C, f"CenterNetAssigner: GT labels must be in [0, {C})")
         if G == 0 or N == 0:
             res = Assignment.empty(B, N, device=device)
             return res.replace(

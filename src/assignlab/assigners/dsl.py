@@ -54,19 +54,18 @@ from torch import Tensor
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._dynamic_k import (
     FAR,
-    LowestCost,
     ScratchOwner,
-    aligned_iou,
     any_inside,
     class_rows,
-    dynamic_k,
-    final_gt_index,
+    empty_iou_assignment,
     grid_axes,
+    iou_assignment,
     pairwise_iou,
-    resolve_dynamic_k,
+    prepare_predictions,
     scratch_for,
+    select_dynamic_k,
 )
-from .base import Assigner, check_predictions, check_scores_are, positive_int
+from .base import Assigner, check_scores_are, positive_int
 
 __all__ = ["DynamicSoftLabelAssigner"]
 
@@ -166,25 +165,14 @@ class DynamicSoftLabelAssigner(ScratchOwner, Assigner):
         pred_scores: Tensor | None = None,
         **unused: Tensor,
     ) -> Assignment:
-        check_predictions(priors, gt, pred_boxes, pred_scores, type(self).__name__)
+        # the logits (or probabilities) as given: the tables below apply the sigmoid themselves
+        scores, boxes_p, gt_boxes = prepare_predictions(type(self).__name__, priors, gt, pred_boxes, pred_scores, None)
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
-        device = gt.device
-        scores = pred_scores.detach()
-        dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
-        scores = scores.to(dtype)
-        C = scores.shape[-1]
-        boxes_p = pred_boxes.detach().to(dtype)
-        gt_boxes = gt.boxes.to(dtype)
-        if G and bool(((gt.labels < 0) | (gt.labels >= C))[gt.mask].any()):
-            raise ValueError(f"DynamicSoftLabelAssigner: a GT label is outside [0, {C}) (pred_scores has {C} classes)")
-        zeros_bn = torch.zeros(B, N, dtype=dtype, device=device)
+        device, dtype, C = gt.device, scores.dtype, scores.shape[-1]
         if G == 0 or N == 0:
-            return Assignment.empty(B, N, device=device).replace(
-                extras={"overlaps": zeros_bn, "candidates": torch.zeros(B, N, dtype=torch.bool, device=device)}
-            )
+            return empty_iou_assignment(B, N, dtype, device)
         chunks = gt_chunks(B, G, N, self.max_pairs)
         scratch = scratch_for(self, device, B, max(c.stop - c.start for c in chunks), N, dtype)
-        single = len(chunks) == 1
         nan = torch.full((), float("nan"), dtype=dtype, device=device)
 
         # pass 1: candidates = centre strictly inside some real GT (NaN edges for padded rows)
@@ -226,28 +214,5 @@ class DynamicSoftLabelAssigner(ScratchOwner, Assigner):
             cost.add_(self._centre_cost(priors, centre, t, scratch.get("b", g)))
             return cost, ious
 
-        q = min(self.topk, N)
-        idx = torch.zeros(B, G, q, dtype=torch.long, device=device)
-        ks = torch.zeros(B, G, dtype=torch.long, device=device)
-        cost_cache = None
-        for sl in chunks:
-            cost, ious = cost_of(sl)
-            ks[:, sl] = dynamic_k(ious, q, gt.mask[:, sl] & has_cand)
-            idx[:, sl] = cost.topk(q, dim=-1, largest=False).indices
-            if single:
-                cost_cache = cost
-
-        count, chooser, positions = resolve_dynamic_k(idx, ks, N)
-        lowest = LowestCost(positions, dtype)
-        for sl in chunks:
-            lowest.update(cost_cache if single else cost_of(sl)[0], sl.start)
-        gt_index = final_gt_index(count, chooser, lowest.per_prior(N))
-
-        positive = gt_index >= 0
-        assigned = torch.gather(gt_boxes, 1, gt_index.clamp(min=0)[..., None].expand(B, N, 4))
-        overlaps = torch.where(positive, aligned_iou(assigned, boxes_p), zeros_bn)
-        return Assignment.from_gt_index(
-            gt_index,
-            quality=overlaps,
-            extras={"overlaps": overlaps, "candidates": candidates},
-        )
+        gt_index = select_dynamic_k(cost_of, chunks, gt.mask & has_cand, min(self.topk, N), N, dtype)
+        return iou_assignment(gt_index, gt_boxes, boxes_p, candidates)

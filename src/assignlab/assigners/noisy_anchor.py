@@ -50,7 +50,7 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ..core.boxes import aligned_box_iou, batched_box_iou
-from .base import Assigner, check_predictions, positive, positive_int, unit_interval
+from .base import Assigner, check_gt_labels, check_predictions, positive, positive_int, unit_interval
 
 __all__ = ["NoisyAnchorAssigner"]
 
@@ -121,9 +121,7 @@ class NoisyAnchorAssigner(Assigner):
             res = Assignment.empty(B, N, device=device)
             z = torch.zeros(B, N, dtype=torch.float32, device=device)
             return res.replace(extras={"overlaps": z, "anchor_iou": z.clone(), "scores": z.clone()})
-        bad = ((gt.labels < 0) | (gt.labels >= C)) & gt.mask
-        if bool(bad.any()):  # validation (one host sync)
-            raise ValueError(f"NoisyAnchorAssigner: GT labels must be in [0, {C}) (C from pred_scores)")
+        check_gt_labels(gt, C, f"NoisyAnchorAssigner: GT labels must be in [0, {C}) (C from pred_scores)")
         anchors = priors.boxes(self.square_scale).to(dtype)  # (N, 4)
 
         # ---- candidate bags: top-n priors of each GT by anchor IoU, collisions to higher IoU ----

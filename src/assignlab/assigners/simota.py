@@ -68,21 +68,19 @@ from torch import Tensor
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._dynamic_k import (
     FAR,
-    LowestCost,
     Scratch,
     ScratchOwner,
-    aligned_iou,
     any_inside,
     class_rows,
-    dynamic_k,
-    final_gt_index,
+    empty_iou_assignment,
+    iou_assignment,
     pairwise_iou,
     points_inside,
-    prepare_scores,
-    resolve_dynamic_k,
+    prepare_predictions,
     scratch_for,
+    select_dynamic_k,
 )
-from .base import Assigner, check_predictions, check_scores_are, positive_int
+from .base import Assigner, check_scores_are, positive_int
 
 __all__ = ["SimOTAAssigner"]
 
@@ -214,25 +212,15 @@ class SimOTAAssigner(ScratchOwner, Assigner):
         pred_scores: Tensor | None = None,
         **unused: Tensor,
     ) -> Assignment:
-        check_predictions(priors, gt, pred_boxes, pred_scores, type(self).__name__)
+        probs, boxes_p, gt_boxes = prepare_predictions(
+            type(self).__name__, priors, gt, pred_boxes, pred_scores, self.scores_are
+        )
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
-        device = gt.device
-        probs, _ = prepare_scores(pred_scores, self.scores_are)
-        C = probs.shape[-1]
-        dtype = probs.dtype if probs.dtype == torch.float64 else torch.float32
-        probs = probs.to(dtype)
-        boxes_p = pred_boxes.detach().to(dtype)
-        gt_boxes = gt.boxes.to(dtype)
-        if G and bool(((gt.labels < 0) | (gt.labels >= C))[gt.mask].any()):
-            raise ValueError(f"SimOTAAssigner: a GT label is outside [0, {C}) (pred_scores has {C} classes)")
-        zeros_bn = torch.zeros(B, N, dtype=dtype, device=device)
+        device, dtype, C = gt.device, probs.dtype, probs.shape[-1]
         if G == 0 or N == 0:
-            return Assignment.empty(B, N, device=device).replace(
-                extras={"overlaps": zeros_bn, "candidates": torch.zeros(B, N, dtype=torch.bool, device=device)}
-            )
+            return empty_iou_assignment(B, N, dtype, device)
         chunks = gt_chunks(B, G, N, self.max_pairs)
         scratch = scratch_for(self, device, B, max(c.stop - c.start for c in chunks), N, dtype)
-        single = len(chunks) == 1
 
         # pass 1: candidates (union over the real GTs)
         candidates = torch.zeros(B, N, dtype=torch.bool, device=device)
@@ -261,40 +249,13 @@ class SimOTAAssigner(ScratchOwner, Assigner):
         # non-candidates predict a far-away point: IoU 0 with every GT, so they add nothing to k
         boxes_c = torch.where(candidates[..., None], boxes_p, torch.full((), FAR, dtype=dtype, device=device))
 
-        # pass 2: costs, dynamic k, each GT's cheapest priors
-        q = min(self.candidate_topk, N)
-        idx = torch.zeros(B, G, q, dtype=torch.long, device=device)
-        ks = torch.zeros(B, G, dtype=torch.long, device=device)
-        cost_cache = None
-        for sl in chunks:
+        def cost_of(sl: slice) -> tuple[Tensor, Tensor]:
             gmask = gt.mask[:, sl]
             central = self._geometry(priors, gt_boxes[:, sl], gmask, scratch, need_candidates=False)[1]
             rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)
-            cost, ious = self._cost(gt_boxes[:, sl], rows, table, boxes_c, central, scratch)
-            ks[:, sl] = dynamic_k(ious, q, gmask & has_cand)
-            idx[:, sl] = cost.topk(q, dim=-1, largest=False).indices
-            if single:
-                cost_cache = cost
+            return self._cost(gt_boxes[:, sl], rows, table, boxes_c, central, scratch)
 
-        # pass 3: priors chosen by several GTs go to the GT of lowest cost over all GTs
-        count, chooser, positions = resolve_dynamic_k(idx, ks, N)
-        lowest = LowestCost(positions, dtype)
-        for sl in chunks:
-            if single:
-                cost = cost_cache
-            else:
-                gmask = gt.mask[:, sl]
-                central = self._geometry(priors, gt_boxes[:, sl], gmask, scratch, need_candidates=False)[1]
-                rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)
-                cost = self._cost(gt_boxes[:, sl], rows, table, boxes_c, central, scratch)[0]
-            lowest.update(cost, sl.start)
-        gt_index = final_gt_index(count, chooser, lowest.per_prior(N))
-
-        positive = gt_index >= 0
-        assigned = torch.gather(gt_boxes, 1, gt_index.clamp(min=0)[..., None].expand(B, N, 4))
-        overlaps = torch.where(positive, aligned_iou(assigned, boxes_p), zeros_bn)
-        return Assignment.from_gt_index(
-            gt_index,
-            quality=overlaps,
-            extras={"overlaps": overlaps, "candidates": candidates},
-        )
+        # pass 2: costs, dynamic k, each GT's cheapest priors; pass 3: priors chosen by several
+        # GTs go to the GT of lowest cost over all GTs
+        gt_index = select_dynamic_k(cost_of, chunks, gt.mask & has_cand, min(self.candidate_topk, N), N, dtype)
+        return iou_assignment(gt_index, gt_boxes, boxes_p, candidates)

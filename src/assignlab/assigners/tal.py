@@ -63,8 +63,16 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
-from ._dynamic_k import Scratch, ScratchOwner, class_rows, pairwise_iou, points_inside, prepare_scores, scratch_for
-from .base import Assigner, check_predictions, check_scores_are, positive_int
+from ._dynamic_k import (
+    Scratch,
+    ScratchOwner,
+    class_rows,
+    pairwise_iou,
+    points_inside,
+    prepare_predictions,
+    scratch_for,
+)
+from .base import Assigner, check_scores_are, positive_int
 
 __all__ = ["TaskAlignedAssigner", "pairwise_ciou"]
 
@@ -228,17 +236,11 @@ class TaskAlignedAssigner(ScratchOwner, Assigner):
         pred_scores: Tensor | None = None,
         **unused: Tensor,
     ) -> Assignment:
-        check_predictions(priors, gt, pred_boxes, pred_scores, type(self).__name__)
+        probs, boxes_p, gt_boxes = prepare_predictions(
+            type(self).__name__, priors, gt, pred_boxes, pred_scores, self.scores_are
+        )
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
-        device = gt.device
-        probs, _ = prepare_scores(pred_scores, self.scores_are)
-        dtype = probs.dtype if probs.dtype == torch.float64 else torch.float32
-        probs = probs.to(dtype)
-        C = probs.shape[-1]
-        boxes_p = pred_boxes.detach().to(dtype)
-        gt_boxes = gt.boxes.to(dtype)
-        if G and bool(((gt.labels < 0) | (gt.labels >= C))[gt.mask].any()):
-            raise ValueError(f"TaskAlignedAssigner: a GT label is outside [0, {C}) (pred_scores has {C} classes)")
+        device, dtype, C = gt.device, probs.dtype, probs.shape[-1]
         zeros_bn = torch.zeros(B, N, dtype=dtype, device=device)
         if G == 0 or N == 0:
             return Assignment.empty(B, N, device=device).replace(extras={"metrics": zeros_bn, "overlaps": zeros_bn})
