@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from .config import DataConfig, DataConfigError
-from .dataset import DatasetError, DetectionDataset, LabelError
+from .dataset import DatasetError, DetectionDataset, LabelError, config_kwargs
 
 __all__ = ["COCODataset", "coco_image_dir"]
 
@@ -103,10 +103,7 @@ class COCODataset(DetectionDataset):
             train=train,
             strict=strict,
             merge_classes=merge_classes,
-            merge_name=cfg.effective_merge_name(names),
-            skip_empty=cfg.skip_empty,
-            verify_images=cfg.verify_images,
-            name=f"{os.path.basename(cfg.path or '')}/{split}",
+            **config_kwargs(cfg, split, merge_name=cfg.effective_merge_name(names)),
             **kwargs,
         )
         img_dir = coco_image_dir(cfg, split, json_path)

@@ -49,6 +49,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ from torch.utils.data import Dataset
 from ..core.groundtruth import BadBoxError
 from .loader import ImageMeta
 from .transforms import DetectionTransform
+
+if TYPE_CHECKING:
+    from .config import DataConfig
 
 __all__ = [
     "DatasetError",
@@ -168,6 +172,18 @@ def empty_boxes() -> np.ndarray:
 
 def empty_labels() -> np.ndarray:
     return np.zeros((0,), dtype=np.int64)
+
+
+def config_kwargs(cfg: DataConfig, split: str, merge_name: str) -> dict[str, Any]:
+    """The :class:`DetectionDataset` arguments a file-format reader takes from its data config:
+    ``merge_name`` (as given), ``skip_empty``, ``verify_images`` and the dataset name
+    ``"<basename of cfg.path>/<split>"``."""
+    return {
+        "merge_name": merge_name,
+        "skip_empty": cfg.skip_empty,
+        "verify_images": cfg.verify_images,
+        "name": f"{os.path.basename(cfg.path or '')}/{split}",
+    }
 
 
 class DetectionDataset(Dataset):

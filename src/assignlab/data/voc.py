@@ -22,7 +22,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from .config import SPLITS, DataConfig, DataConfigError
-from .dataset import DetectionDataset, LabelError
+from .dataset import DetectionDataset, LabelError, config_kwargs
 
 __all__ = ["VOCDataset", "parse_voc_xml", "scan_voc_names"]
 
@@ -143,10 +143,7 @@ class VOCDataset(DetectionDataset):
             train=train,
             strict=strict,
             merge_classes=merge_classes,
-            merge_name=cfg.effective_merge_name(names),
-            skip_empty=cfg.skip_empty,
-            verify_images=cfg.verify_images,
-            name=f"{os.path.basename(cfg.path or '')}/{split}",
+            **config_kwargs(cfg, split, merge_name=cfg.effective_merge_name(names)),
             **kwargs,
         )
         entry = cfg.split_entry(split)

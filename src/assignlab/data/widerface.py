@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from .config import DataConfig, DataConfigError
-from .dataset import DetectionDataset
+from .dataset import DetectionDataset, config_kwargs
 
 __all__ = ["WiderFaceDataset", "parse_wider_labels"]
 
@@ -64,15 +64,7 @@ def parse_wider_labels(path: str) -> list[dict]:
                 continue
             if cur is None or cur["error"]:
                 continue
-            try:
-                vals = [float(x) for x in s.split()]
-            except ValueError:
-                cur["error"] = f"line {n}: non-numeric value in {s!r}"
-                continue
-            if len(vals) < 4:
-                cur["error"] = f"line {n}: expected at least 4 numbers (x y w h ...), got {len(vals)}"
-                continue
-            cur["faces"].append((n, vals))
+            _add_face(cur, n, s)
         return out
     k = 0
     while k < len(lines):
@@ -91,17 +83,23 @@ def parse_wider_labels(path: str) -> list[dict]:
         k += 1
         rows = max(count, 1) if k < len(lines) and count == 0 and _is_zero_line(lines[k][1]) else count
         for n2, s in lines[k : k + rows]:
-            try:
-                vals = [float(x) for x in s.split()]
-            except ValueError:
-                cur["error"] = f"line {n2}: non-numeric value in {s!r}"
-                continue
-            if len(vals) < 4:
-                cur["error"] = f"line {n2}: expected at least 4 numbers (x y w h ...), got {len(vals)}"
-                continue
-            cur["faces"].append((n2, vals))
+            _add_face(cur, n2, s)
         k += rows
     return out
+
+
+def _add_face(block: dict, n: int, s: str) -> None:
+    """Append face line ``n`` (text ``s``: ``x y w h ...``) to ``block["faces"]``, or set
+    ``block["error"]`` when it is not at least four numbers."""
+    try:
+        vals = [float(x) for x in s.split()]
+    except ValueError:
+        block["error"] = f"line {n}: non-numeric value in {s!r}"
+        return
+    if len(vals) < 4:
+        block["error"] = f"line {n}: expected at least 4 numbers (x y w h ...), got {len(vals)}"
+        return
+    block["faces"].append((n, vals))
 
 
 def _is_zero_line(s: str) -> bool:
@@ -136,10 +134,7 @@ class WiderFaceDataset(DetectionDataset):
             train=train,
             strict=strict,
             merge_classes=merge_classes,
-            merge_name=cfg.merge_name or names[0],
-            skip_empty=cfg.skip_empty,
-            verify_images=cfg.verify_images,
-            name=f"{os.path.basename(cfg.path or '')}/{split}",
+            **config_kwargs(cfg, split, merge_name=cfg.merge_name or names[0]),
             **kwargs,
         )
         entry = cfg.split_entry(split)

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from .config import IMAGE_SUFFIXES, DataConfig, DataConfigError
-from .dataset import DetectionDataset, LabelError
+from .dataset import DetectionDataset, LabelError, config_kwargs
 
 __all__ = ["YOLODataset", "image_to_label_path", "list_images"]
 
@@ -89,10 +89,7 @@ class YOLODataset(DetectionDataset):
             train=train,
             strict=strict,
             merge_classes=merge_classes,
-            merge_name=cfg.effective_merge_name(names),
-            skip_empty=cfg.skip_empty,
-            verify_images=cfg.verify_images,
-            name=f"{os.path.basename(cfg.path or '')}/{split}",
+            **config_kwargs(cfg, split, merge_name=cfg.effective_merge_name(names)),
             **kwargs,
         )
         C = len(names)
