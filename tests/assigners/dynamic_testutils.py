@@ -8,9 +8,14 @@ import math
 
 import torch
 import torch.nn.functional as F
+from hypothesis import strategies as st
+from torch import Tensor
 from torchvision.ops import box_iou
 
 from assignlab.core import GroundTruth, Priors, make_priors
+
+#: small two-level priors of the property tests
+PRI48 = make_priors((48, 48), strides=(8, 16))
 
 
 def points_priors(points, strides, nlp=None) -> Priors:
@@ -23,6 +28,26 @@ def gt_one(boxes, labels) -> GroundTruth:
     b = torch.as_tensor(boxes, dtype=torch.float32).reshape(1, -1, 4)
     lab = torch.as_tensor(labels, dtype=torch.long).reshape(1, -1)
     return GroundTruth(b, lab, torch.ones(lab.shape, dtype=torch.bool))
+
+
+def draw_problem(draw, gt_side_scales: list[float]) -> tuple[GroundTruth, Tensor, torch.Generator, int]:
+    """Hypothesis draw (call inside an ``st.composite``) of a random padded problem on
+    :data:`PRI48`: ``(gt, pred_boxes, generator, C)`` with B in 1..2, G in 0..4, C in 1..3; GT
+    sides ``rand * 30 * (one of gt_side_scales)`` (0: zero-area GTs, masked out), ~20 % of the GT
+    rows masked out; predicted boxes centred on the priors, all zero-area half of the time. The
+    returned generator continues the stream, for the caller's scores."""
+    B, G, C = draw(st.integers(1, 2)), draw(st.integers(0, 4)), draw(st.integers(1, 3))
+    N = PRI48.num_priors
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+    xy = torch.rand(B, G, 2, generator=g) * 44
+    wh = torch.rand(B, G, 2, generator=g) * 30 * draw(st.sampled_from(gt_side_scales))
+    boxes = torch.cat([xy, xy + wh], -1)
+    mask = (torch.rand(B, G, generator=g) < 0.8) & (wh > 0).all(-1)
+    labels = torch.randint(0, C, (B, G), generator=g)
+    c = PRI48.points[None].expand(B, N, 2)
+    pw = torch.rand(B, N, 2, generator=g) * 20 * draw(st.sampled_from([0.0, 1.0]))  # 0: zero-area predictions
+    pred = torch.cat([c - pw / 2, c + pw / 2], -1)
+    return GroundTruth(boxes, labels, mask), pred, g, C
 
 
 def random_problem(seed: int, B: int = 3, G: int = 6, C: int = 4, size: int = 96, pad_rows: int = 2):

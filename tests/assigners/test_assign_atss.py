@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from assign_testutils import random_boxes
 from torchvision.ops import box_iou
 
 from assignlab.assigners import ASSIGNERS, ATSSAssigner
@@ -157,14 +158,7 @@ def reference_atss(priors: Priors, gt: GroundTruth, topk: int, square_scale: flo
 
 
 def random_gt(counts, size, seed) -> GroundTruth:
-    gen = torch.Generator().manual_seed(seed)
-    H, W = size
-    out = []
-    for n in counts:
-        xy = torch.rand(n, 2, generator=gen) * torch.tensor([W - 4.0, H - 4.0])
-        wh = torch.rand(n, 2, generator=gen) * torch.tensor([W / 1.5, H / 1.5]) + 3
-        out.append(torch.cat([xy, torch.minimum(xy + wh, torch.tensor([float(W), float(H)]))], 1))
-    return GroundTruth.from_lists(out)
+    return GroundTruth.from_lists(random_boxes(counts, size, seed, div=1.5, min_side=3))
 
 
 @pytest.mark.parametrize("anchors", [None, ANCHORS])

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from assign_testutils import random_boxes
 
 from assignlab.assigners import ASSIGNERS, FCOSAssigner
 from assignlab.assigners.fcos import default_regress_ranges
@@ -138,14 +139,7 @@ def reference_fcos(priors: Priors, gt: GroundTruth, ranges, center_sampling: boo
 
 
 def random_gt(counts, size, seed) -> GroundTruth:
-    gen = torch.Generator().manual_seed(seed)
-    H, W = size
-    out = []
-    for n in counts:
-        xy = torch.rand(n, 2, generator=gen) * torch.tensor([W - 4.0, H - 4.0])
-        wh = torch.rand(n, 2, generator=gen) * torch.tensor([float(W), float(H)]) + 2
-        out.append(torch.cat([xy, torch.minimum(xy + wh, torch.tensor([float(W), float(H)]))], 1))
-    return GroundTruth.from_lists(out)
+    return GroundTruth.from_lists(random_boxes(counts, size, seed, div=1, min_side=2))
 
 
 @pytest.mark.parametrize("center_sampling", [True, False])

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from assign_testutils import random_boxes
 from torchvision.ops import box_iou
 
 from assignlab.assigners import ASSIGNERS, MaxIoUAssigner
@@ -159,14 +160,7 @@ def test_no_gt_all_negative_and_ignore_not_applied():
 
 
 def random_gt(B: int, counts: list[int], size: tuple[int, int], seed: int, integer: bool = False) -> GroundTruth:
-    gen = torch.Generator().manual_seed(seed)
-    H, W = size
-    out = []
-    for n in counts:
-        xy = torch.rand(n, 2, generator=gen) * torch.tensor([W - 4.0, H - 4.0])
-        wh = torch.rand(n, 2, generator=gen) * torch.tensor([W / 2, H / 2]) + 2
-        b = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([float(W), float(H)]))], 1)
-        out.append(b.round() if integer else b)
+    out = random_boxes(counts, size, seed, div=2, min_side=2, integer=integer)
     return GroundTruth.from_lists(out, [torch.arange(n) % 5 for n in counts])
 
 

@@ -10,7 +10,9 @@ import math
 import pytest
 import torch
 from dynamic_testutils import (
+    PRI48,
     ciou,
+    draw_problem,
     gt_one,
     oracle_tal_mmdet,
     oracle_tal_ultralytics,
@@ -218,24 +220,12 @@ def test_pairwise_ciou_matches_aligned_formula():
 
 
 # -- properties ---------------------------------------------------------------------------------
-PRI48 = make_priors((48, 48), strides=(8, 16))
-
-
 @st.composite
 def problems(draw):
-    B, G, C = draw(st.integers(1, 2)), draw(st.integers(0, 4)), draw(st.integers(1, 3))
-    N = PRI48.num_priors
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-    xy = torch.rand(B, G, 2, generator=g) * 44
-    wh = torch.rand(B, G, 2, generator=g) * 30 * draw(st.sampled_from([0.0, 0.1, 1.0]))
-    boxes = torch.cat([xy, xy + wh], -1)
-    mask = (torch.rand(B, G, generator=g) < 0.8) & (wh > 0).all(-1)
-    labels = torch.randint(0, C, (B, G), generator=g)
-    c = PRI48.points[None].expand(B, N, 2)
-    pw = torch.rand(B, N, 2, generator=g) * 20 * draw(st.sampled_from([0.0, 1.0]))  # 0: zero-area predictions
-    pred = torch.cat([c - pw / 2, c + pw / 2], -1)
+    gt, pred, g, C = draw_problem(draw, gt_side_scales=[0.0, 0.1, 1.0])
+    B, N = pred.shape[:2]
     scores = torch.rand(B, N, C, generator=g) * draw(st.sampled_from([0.0, 1.0]))  # 0: all-zero scores
-    return GroundTruth(boxes, labels, mask), pred, scores
+    return gt, pred, scores
 
 
 @settings(max_examples=40, deadline=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from assign_testutils import random_boxes
 from torchvision.ops import box_iou
 
 from assignlab.assigners import ASSIGNERS, TopKAssigner
@@ -81,14 +82,7 @@ def reference_topk(priors: Priors, gt: GroundTruth, k: int, min_iou: float, squa
 
 
 def random_gt(counts, size, seed) -> GroundTruth:
-    gen = torch.Generator().manual_seed(seed)
-    H, W = size
-    out = []
-    for n in counts:
-        xy = torch.rand(n, 2, generator=gen) * torch.tensor([W - 4.0, H - 4.0])
-        wh = torch.rand(n, 2, generator=gen) * torch.tensor([W / 2, H / 2]) + 2
-        out.append(torch.cat([xy, torch.minimum(xy + wh, torch.tensor([float(W), float(H)]))], 1))
-    return GroundTruth.from_lists(out)
+    return GroundTruth.from_lists(random_boxes(counts, size, seed, div=2, min_side=2))
 
 
 @pytest.mark.parametrize("anchors", [None, ANCHORS])
