@@ -75,12 +75,15 @@ def time_point(name: str, batch: int, num_gts: int, repeats: int = 3, loop: bool
     assigner = cls()
     priors, gt, preds = make_inputs(name, batch, num_gts, size=size, device=device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    _call(assigner, priors, gt, preds)  # warm-up
     sync()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
+    # inputs exist; everything the calls allocate beyond this is the assigner's (peak RSS is monotone,
+    # so the baseline must be read before the warm-up call)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _call(assigner, priors, gt, preds)  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
