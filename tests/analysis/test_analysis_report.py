@@ -29,6 +29,7 @@ TINY = {
     "stats_images": 8,
     "draw_images": 2,
     "draw_conf": 0.05,
+    "threads": 1,
     "base": {"img": 64, "epochs": 1, "batch": 4, "width": 0.25, "warmup_epochs": 0.5, "device": "cpu"},
     "runs": [
         {"name": "yolov5", "assigner": "yolov5", "loss": "yolov5", "head": "anchor", "note": "baseline"},
@@ -46,10 +47,11 @@ def tiny(tmp_path_factory):
     """One tiny comparison (2 runs x 2 seeds, 1 epoch at 64 px), shared by the tests below."""
     import torch
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("compare") / "out"
     cfg = R.load_compare_config({**TINY, "out": str(out)})
     res = R.compare(cfg, log=_quiet)
+    assert res["timing"]["threads"] == 1 and torch.get_num_threads() == threads  # set, then restored
     return cfg, res, out
 
 
@@ -241,7 +243,7 @@ def test_config_validation_lists_allowed_keys():
     ok = {"runs": [{"name": "a", "assigner": "atss", "loss": "focal"}]}
     R.load_compare_config(ok)
     _err({**ok, "seed": [0]}, r"unknown key 'seed' \(did you mean 'seeds'\?\); allowed keys: title, data, out, "
-                              r"seeds, metric, baseline, widerface_gt, stats_images, draw_images, draw_conf, base, runs")
+                              r"seeds, metric, baseline, widerface_gt, stats_images, draw_images, draw_conf, threads, base, runs")
     _err({"runs": [{"name": "a", "assigner": "atss", "lossx": "focal"}]},
          r"runs\[0\] \('a'\): unknown key 'lossx' \(did you mean 'loss'\?\); allowed keys: name, note, .*assigner.*")
     _err({"runs": [{"name": "a", "out": "x"}]}, r"'out' is set by the comparison itself; allowed keys: name, note")
@@ -262,6 +264,7 @@ def test_config_validation_lists_allowed_keys():
     _err({**ok, "widerface_gt": "somewhere"}, "widerface_gt is only used with WIDER FACE data")
     _err({**ok, "draw_images": -1}, "draw_images must be an integer in 0..12")
     _err({**ok, "data": 3}, "data must be null")
+    _err({**ok, "threads": 0}, "threads must be an integer >= 1")
     _err({**ok, "data": {"format": "synthetic", "colour": 1}}, "data: .*colour")
     # the model is built once at validation: one anchor per point
     _err({"runs": [{"name": "a", "assigner": "yolov5", "loss": "yolov5", "head": "anchor",

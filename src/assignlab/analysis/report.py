@@ -56,6 +56,7 @@ Configuration file
     stats_images: 64                      # images for the assignment statistics
     draw_images: 3                        # val images in the detection grid (0 = none)
     draw_conf: 0.3                        # score threshold of the drawn detections
+    threads: null                         # torch CPU threads for the comparison (null: torch's default)
     base: {img: 320, epochs: 30, batch: 16, merge_classes: true}   # any TrainConfig keys
     runs:
       - {name: yolov5, assigner: yolov5, loss: yolov5, head: anchor}
@@ -65,7 +66,8 @@ Every key is validated before anything is trained: unknown keys are refused with
 allowed ones, and every (run, seed) :class:`~assignlab.engine.config.TrainConfig` is built and
 checked (assigner / loss names and options included). A run may set any ``TrainConfig`` key except
 ``out``, ``seed``, ``resume`` and ``data`` (set by the comparison); its ``assigner_opts`` /
-``loss_opts`` are merged into those of ``base``; ``note`` is free text shown in the report. With an
+``loss_opts`` are merged into those of ``base``; ``note`` is free text shown in the report.
+``threads`` sets ``torch.set_num_threads`` while the comparison runs (restored afterwards). With an
 inline data mapping the comparison writes it to ``OUT/data.yaml`` (relative ``path:`` entries are
 taken relative to the config file's folder) so that the reproduce commands can point to it.
 
@@ -121,7 +123,7 @@ __all__ = [
 #: top-level keys of a comparison config
 COMPARE_KEYS = (
     "title", "data", "out", "seeds", "metric", "baseline", "widerface_gt", "stats_images",
-    "draw_images", "draw_conf", "base", "runs",
+    "draw_images", "draw_conf", "threads", "base", "runs",
 )
 #: keys of a run besides the TrainConfig keys
 RUN_EXTRA_KEYS = ("name", "note")
@@ -144,7 +146,7 @@ BUILTIN_CONFIG = """\
 title: Quick comparison (synthetic data)
 data:
   format: synthetic
-  synthetic: {num_classes: 2, num_train: 128, num_val: 32, seed: 0, min_objects: 2, max_objects: 10,
+  synthetic: {num_classes: 2, num_train: 96, num_val: 32, seed: 0, min_objects: 2, max_objects: 10,
               min_size: 8, max_size: 0.5}
 out: runs/compare/quick
 seeds: [0, 1]
@@ -152,6 +154,7 @@ metric: AP50
 stats_images: 64
 draw_images: 3
 draw_conf: 0.2
+threads: 1    # tiny models gain nothing from a 2nd thread and lose a lot when the cores are shared
 base:
   img: 128
   epochs: 10
@@ -216,6 +219,7 @@ class CompareConfig:
     stats_images: int = 64
     draw_images: int = 3
     draw_conf: float = 0.3
+    threads: int | None = None
     source: str = "built-in"
 
     @property
@@ -420,7 +424,8 @@ def load_compare_config(
         runs=runs, seeds=list(seeds), base=base, data=data, data_inline=data_inline, data_format=dcfg.format,
         out=out_dir, title=title, metric=raw.get("metric"), baseline=raw.get("baseline"), widerface_gt=wgt,
         stats_images=_int("stats_images", 64, 1), draw_images=_int("draw_images", 3, 0, 12),
-        draw_conf=float(draw_conf), source=where,
+        draw_conf=float(draw_conf), threads=None if raw.get("threads") is None else _int("threads", 1, 1),
+        source=where,
     )
     valid_metrics = (*WIDER_KEYS, *COCO_KEYS) if wgt else COCO_KEYS
     if cfg.metric is not None and cfg.metric not in valid_metrics:
@@ -877,6 +882,20 @@ def compare(
     ``only``: restrict to these run names. ``device``: training / analysis device (default: the
     runs' ``device``, i.e. ``auto``). Returns the ``results.json`` content (plus ``"report"``: the
     report path)."""
+    import torch
+
+    if cfg.threads is None:
+        return _compare(cfg, force, html_report, only, progress, device, log)
+    old = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _compare(cfg, force, html_report, only, progress, device, log)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _compare(cfg: CompareConfig, force: bool, html_report: bool, only: Sequence[str] | None, progress: bool,
+             device: str | None, log: Callable[[str], None] | None) -> dict[str, Any]:
     import torch
 
     log = log or (lambda m: print(m, flush=True))
