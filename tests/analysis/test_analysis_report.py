@@ -413,3 +413,31 @@ def test_widerface_data_gets_easy_medium_hard(tmp_path):
     bad["widerface_gt"] = str(tmp_path / "empty")
     with pytest.raises(R.CompareConfigError, match="missing wider_face_val.mat, wider_easy_val.mat"):
         R.load_compare_config(bad | {"data": str(data)})
+
+
+def test_unfinished_run_is_resumed(tiny, tmp_path, monkeypatch):
+    """A run folder whose last.pt has fewer epochs than asked (an interrupted session) is resumed."""
+    import shutil
+
+    from assignlab.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg, res, out = tiny
+    one = {**TINY, "seeds": [0], "runs": TINY["runs"][:1], "draw_images": 0, "out": str(tmp_path / "o")}
+    cfg1 = R.load_compare_config(one)
+    src = out / "runs" / "yolov5" / "seed0"
+    dst = tmp_path / "o" / "runs" / "yolov5" / "seed0"
+    shutil.copytree(src, dst)
+    ck = load_checkpoint(dst / "last.pt")
+    ck["config"]["out"] = str(dst)
+    ck["epoch"] = 0  # as if killed before the end of the first epoch
+    save_checkpoint(dst / "last.pt", ck)
+    assert R.run_state(cfg1.train_config(cfg1.runs[0], 0)) == ("partial", "0/1 epochs")
+    calls = []
+    monkeypatch.setattr(sys.modules["assignlab.engine.train"], "train",
+                        lambda tc, progress=None: calls.append((tc.resume, tc.out)))
+    logs: list[str] = []
+    r = R.compare(cfg1, log=logs.append)
+    assert calls == [(True, str(dst))]
+    assert any("resuming" in m and "0/1 epochs" in m for m in logs)
+    assert r["timing"]["trained"] == 1 and not r["runs"][0]["seeds"][0]["reused"]
+    assert "--resume" not in r["runs"][0]["seeds"][0]["command"]
