@@ -120,15 +120,19 @@ def test_models_head_output_shapes(kind, reg_max, box_dim):
 def test_models_head_bias_init_prior_prob():
     head = DetectionHead(num_classes=4, in_channels=8, kind="anchor", prior_prob=0.01)
     expected = -math.log(99.0)  # -4.5951
-    for conv in list(head.cls_preds) + list(head.obj_preds):
+    for conv in head.obj_preds:
         assert torch.allclose(conv.bias, torch.full_like(conv.bias, expected))
+    for conv in head.cls_preds:  # P(class | object), YOLOv5's log(0.6 / (C - 0.99)) = -1.6111 for C = 4
+        assert torch.allclose(conv.bias, torch.full_like(conv.bias, math.log(0.6 / 3.01)))
+    one = DetectionHead(num_classes=1, in_channels=8, kind="anchor")
+    assert torch.allclose(one.cls_preds[0].bias, torch.tensor([math.log(60.0)]))  # sigmoid = 0.9836
     for conv in head.box_preds:
         assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
     free = DetectionHead(num_classes=1, in_channels=8, kind="free", init_distance=1.0)
     assert torch.allclose(free.box_preds[0].bias, torch.full((4,), math.log(math.e - 1)))
-    # a fresh detector starts with scores ~ 0.01 (free) and ~1e-4 (anchor: cls * obj)
+    # a fresh detector starts with scores ~ 0.01 (free: cls; anchor: obj * 0.98)
     torch.manual_seed(0)
-    for kind, expect in (("free", 0.01), ("anchor", 1e-4)):
+    for kind, expect in (("free", 0.01), ("anchor", 0.0098)):
         model = Detector(num_classes=1, head=kind, width=0.25).eval()
         out = model(torch.rand(1, 3, 64, 64))
         _, scores = model.decode(out, model.priors((64, 64)))

@@ -25,9 +25,11 @@ levels are concatenated finest first, so prior ``n`` of the head is prior ``n`` 
 Initialisation (RetinaNet, Lin et al., ICCV 2017, Sec. 4.1 "Initialization"): prediction
 convolutions get weights ~ N(0, 0.01) so the first outputs are ~ their biases, and
 
-* ``cls`` / ``obj`` bias ``= -log((1 - pi) / pi)`` with ``pi = prior_prob = 0.01``: every prior
-  starts predicting probability 0.01, so the loss of the ~10^4 background priors does not swamp the
-  first updates. Example: ``pi = 0.01 -> bias = -4.595``.
+* ``cls`` (free head) / ``obj`` (anchor head) bias ``= -log((1 - pi) / pi)`` with
+  ``pi = prior_prob = 0.01``: every prior starts predicting probability 0.01, so the loss of the
+  ~10^4 background priors does not swamp the first updates. Example: ``pi = 0.01 -> bias = -4.595``.
+* ``cls`` of the anchor head (a class probability *given* an object) ``= log(0.6 / (C - 0.99))`` as
+  in YOLOv5: 4.09 (p = 0.98) for one class, whose logit a YOLOv5-style loss never trains.
 * anchor ``box`` bias 0: ``t = 0`` decodes to the anchor itself, centred on its prior point.
 * free ``box`` bias (``reg_max = 0``) ``= softplus^-1(init_distance)`` = ``log(expm1(1.0)) = 0.5413``
   for the default ``init_distance = 1`` stride: the first boxes are ``2 x 2`` stride squares, the
@@ -141,7 +143,13 @@ class DetectionHead(nn.Module):
         box_bias = 0.0
         if self.kind == "free" and self.reg_max == 0:
             box_bias = math.log(math.expm1(init_distance))  # softplus^-1
-        groups = [(self.cls_preds, logit), (self.box_preds, box_bias)]
+        cls_logit = logit
+        if self.obj_preds is not None:
+            # objectness carries the prior; the class logits are P(class | object), started as in
+            # YOLOv5 (``log(0.6 / (C - 0.99))``: 0.98 for one class, whose logit a YOLOv5-style loss
+            # never trains, so that scores = obj * cls are not capped at 0.01)
+            cls_logit = math.log(0.6 / (self.num_classes - 0.99))
+        groups = [(self.cls_preds, cls_logit), (self.box_preds, box_bias)]
         if self.obj_preds is not None:
             groups.append((self.obj_preds, logit))
         for convs, bias in groups:
