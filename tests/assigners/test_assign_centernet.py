@@ -197,3 +197,40 @@ def test_chunked_identical_and_peaks(gt, ranges):
             1, full.gt_index.clamp(min=0), pos.long()
         )
         assert (cnt <= 1).all()
+
+
+def _crowded(seed, B=3, G=60, size=200, C=3):
+    g = torch.Generator().manual_seed(seed)
+    side = torch.exp(torch.empty(B, G).uniform_(math.log(2), math.log(size), generator=g))
+    cxy = torch.rand(B, G, 2, generator=g) * (size + 40) - 20  # some centers outside the image
+    boxes = torch.cat([cxy - side[..., None] / 2, cxy + side[..., None] / 2], -1)
+    boxes[:, 1] = boxes[:, 0]  # exact duplicates and shared centers
+    boxes[:, 3, :2] = boxes[:, 0, :2]
+    labels = torch.randint(0, C, (B, G), generator=g)
+    mask = torch.rand(B, G, generator=g) > 0.1
+    return make_priors((size, size)), GroundTruth(boxes, labels, mask)
+
+
+@pytest.mark.parametrize("kw", [{}, {"size_ranges": [(0, 16), (16, 40), (40, 1e8)]}, {"level": 2},
+                                {"min_overlap": 0.1}, {"max_pairs": 3000}])
+def test_windowed_path_identical_to_dense(kw, monkeypatch):
+    # the (2R+1)^2-window splatting must equal the dense (B, G, N) formula bit for bit, with the exact
+    # (CPU) and the sync-free (image-bound) window size, in float32 and float64
+    for seed in range(3):
+        priors, gt = _crowded(seed)
+        for boxes in (gt.boxes, gt.boxes.double()):
+            g = GroundTruth(boxes, gt.labels, gt.mask)
+            outs = []
+            for static in (False, True):
+                a = CenterNetAssigner(num_classes=3, **kw)
+                a._static_window = static
+                outs.append(a(priors, g))
+            with monkeypatch.context() as m:
+                m.setattr(CenterNetAssigner, "_full_grid", staticmethod(lambda priors: False))
+                outs.append(CenterNetAssigner(num_classes=3, **kw)(priors, g))
+            assert outs[0].positive.any()
+            for res in outs[:2]:
+                for f in ("gt_index", "positive", "quality"):
+                    assert torch.equal(getattr(res, f), getattr(outs[2], f)), f
+                for k in ("heatmap", "overlaps"):
+                    assert torch.equal(res.extras[k], outs[2].extras[k]), k

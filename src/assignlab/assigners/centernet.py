@@ -44,6 +44,11 @@ clamped to the nearest cell. When two GTs share a center cell on the same level,
 the *smaller* GT (by clipped area; ties to the lower GT index); the other GT has no positive, but
 its Gaussian is still in the heatmap of its class.
 
+**Cost.** A GT's Gaussian touches only its ``(2r+1)^2`` window, so the heatmap is built from
+``(B, G, (2R+1)^2)`` window tensors (``R`` the largest radius, 11 for 640 px images) amax-scattered
+into the heatmap, not from ``(B, G, N)`` distances (16 x 1000 GTs x 8400 priors: 0.2 s instead of
+10 s). Priors without grid shapes (``Priors.from_tensors``) use the dense path, chunked by ``max_pairs``.
+
 Output (all ``(B, N)``): ``positive`` on the center cells, ``gt_index`` there, ``quality`` 1,
 ``box_weight`` 1, ``cls_weight`` 1 everywhere (no ignore). ``extras["heatmap"]`` ``(B, N, C)``;
 ``extras["overlaps"]`` IoU of the positive prior's box (``priors.boxes(square_scale)``) with its
@@ -52,12 +57,13 @@ GT. CenterNet is anchor-free: priors with several anchors per location raise ``V
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
+from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, chunk_slices, gt_chunks
 from ..core.boxes import aligned_box_iou
 from .base import Assigner, check_gt_labels, positive, unit_interval
 
@@ -134,6 +140,7 @@ class CenterNetAssigner(Assigner):
         self.size_ranges = size_ranges
         self.num_classes = None if num_classes is None else int(num_classes)
         self.square_scale = float(square_scale)
+        self._static_window = False  # tests: force the sync-free window bound on the CPU
 
     # -- helpers ---------------------------------------------------------------------------------
     def _num_classes(self, gt: GroundTruth, pred_scores: Tensor | None) -> int:
@@ -181,6 +188,123 @@ class CenterNetAssigner(Assigner):
         e = torch.stack(ext)  # (L, 2) (cols, rows)
         return e[:, 0], e[:, 1]
 
+    @staticmethod
+    def _full_grid(priors: Priors) -> bool:
+        """Whether prior ``level_start + row * cols + col`` is the cell ``(col, row)`` of its level
+        (``make_priors`` order, one prior per location), so a GT's window can be indexed directly."""
+        shapes = priors.level_shapes
+        return len(shapes) == len(priors.num_level_priors) and all(
+            r > 0 and c > 0 and n == r * c for (r, c), n in zip(shapes, priors.num_level_priors, strict=True)
+        )
+
+    def _window_radius(self, priors: Priors, radius: Tensor) -> int:
+        """An integer ``R >= `` every GT's radius: the half-side of the offset window shared by all GTs
+        (any such ``R`` gives the same result; a larger one only costs time).
+
+        On the CPU it is the exact maximum radius (reading it is free). On other devices, when boxes
+        are clipped to the image, it is a bound known without a device-to-host sync: the radius grows
+        with ``h`` and ``w``, so it is at most that of an image-sized box on the finest level (``+ 1``
+        absorbs rounding). Without an image size the maximum is read (one sync)."""
+        H, W = priors.image_size
+        if (radius.device.type == "cpu" and not self._static_window) or not (H > 0 and W > 0):
+            return int(radius.max()) if radius.numel() else 0
+        s = min(priors.level_strides)
+        h, w = torch.tensor([float(math.ceil(H / s)), float(math.ceil(W / s))], dtype=torch.float64)
+        return int(math.floor(float(gaussian_radius(h, w, self.min_overlap)))) + 1
+
+    def _splat_windows(
+        self, priors: Priors, lvl: Tensor, cx: Tensor, cy: Tensor, radius: Tensor, two_sigma2: Tensor,
+        ok: Tensor, area: Tensor, labels: Tensor, C: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Heatmap ``(B, C, N)`` and center-cell GT ``(B, N)`` from each GT's ``(2R+1)^2`` window.
+
+        A GT's Gaussian is non-zero only on the ``(2r+1)^2`` cells around its center, so instead of
+        a ``(B, G, N)`` distance tensor we enumerate the ``K = (2R+1)^2`` offsets of the largest
+        window, mask cells outside the GT's own window or the grid, and ``amax``-scatter the values
+        into the flat ``(B, C * N)`` heatmap: ``(B, g, K)`` per GT chunk, ``K << N``. Example: 16
+        images x 1000 GTs at 640 px, ``R = 11`` -> ``K = 529`` instead of ``N = 8400``. Values are
+        the same floats as the dense formula (``dx, dy`` are the integer offsets), and max / min
+        reductions do not depend on order, so the result is identical."""
+        B, G = lvl.shape
+        N = priors.num_priors
+        device, dtype = lvl.device, two_sigma2.dtype
+        cols_l = torch.tensor([c for _, c in priors.level_shapes], device=device)
+        rows_l = torch.tensor([r for r, _ in priors.level_shapes], device=device)
+        starts_l = torch.tensor([0, *priors.num_level_priors[:-1]], device=device).cumsum(0)
+        cols, rows, start = cols_l[lvl], rows_l[lvl], starts_l[lvl]  # (B, G)
+
+        # center cells: smallest clipped area wins, ties to the lower GT index (order-free reductions)
+        center = start + cy * cols + cx  # (B, G) prior index
+        key = torch.where(ok, area, float("inf"))
+        best_area = torch.full((B, N), float("inf"), dtype=dtype, device=device)
+        best_area.scatter_reduce_(1, center, key, reduce="amin", include_self=True)
+        wins = (key < float("inf")) & (key == best_area.gather(1, center))
+        gidx = torch.arange(G, device=device).expand(B, G)
+        best_gt = torch.full((B, N), G, dtype=torch.long, device=device)
+        best_gt.scatter_reduce_(1, center, torch.where(wins, gidx, G), reduce="amin", include_self=True)
+        best_gt = torch.where(best_gt < G, best_gt, -1)
+
+        # Gaussian windows. The value at offset (ox, oy) depends only on the GT's integer radius r
+        # (sigma is a function of r): one table of exp(-(ox^2 + oy^2) / (2 sigma_r^2)), zero outside
+        # the (2r+1)^2 square; row 1 + r for radius r, row 0 all zeros for GTs without a target.
+        R = self._window_radius(priors, radius)
+        off = torch.arange(-R, R + 1, device=device)  # (S,), S = 2R + 1
+        S = off.numel()
+        oy, ox = (t.reshape(-1) for t in torch.meshgrid(off, off, indexing="ij"))  # (K,), K = S^2
+        d2 = (ox * ox + oy * oy).to(dtype)  # exact integers, as dx * dx + dy * dy
+        rr = torch.arange(R + 1, device=device).to(dtype)[:, None]  # (R + 1, 1)
+        t2s2 = 2 * ((2 * rr + 1) / 6) ** 2  # same float ops as the per-GT 2 sigma^2
+        table = torch.where(torch.maximum(ox.abs(), oy.abs()) <= rr, torch.exp(-d2 / t2s2), 0.0)
+        table = torch.cat([table.new_zeros(1, S * S), table])  # (R + 2, K)
+        row = torch.where(ok, radius.long() + 1, 0)  # (B, G); R >= radius, so never past the table
+
+        # out-of-grid cells go to a dummy slot C * N, dropped at the end
+        heat = torch.zeros(B, C * N + 1, dtype=dtype, device=device)
+        corner = labels * N + start + cy * cols + cx  # (B, G) flat heatmap index of the center
+        for sl in chunk_slices(G, B * S * S, self.max_pairs):
+            x, y, c = cx[:, sl, None], cy[:, sl, None], cols[:, sl, None]
+            in_x = (x + off >= 0) & (x + off < c)  # (B, g, S)
+            in_y = (y + off >= 0) & (y + off < rows[:, sl, None])
+            inside = in_y[..., :, None] & in_x[..., None, :]  # (B, g, S, S) (row offset, col offset)
+            flat = corner[:, sl, None, None] + (off[:, None] * c[..., None] + off)  # (B, g, S, S)
+            flat = torch.where(inside, flat, C * N)
+            val = table[row[:, sl]]  # (B, g, K)
+            heat.scatter_reduce_(1, flat.view(B, -1), val.view(B, -1), reduce="amax", include_self=True)
+        return heat[:, : C * N].view(B, C, N), best_gt
+
+    def _splat_dense(
+        self, priors: Priors, lvl: Tensor, cx: Tensor, cy: Tensor, radius: Tensor, two_sigma2: Tensor,
+        ok: Tensor, area: Tensor, labels: Tensor, C: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Same outputs as :meth:`_splat_windows` over ``(B, g, N)`` chunks, for priors whose cells
+        cannot be indexed directly (``Priors.from_tensors``: no grid shapes)."""
+        B, G = lvl.shape
+        N = priors.num_priors
+        device, dtype = lvl.device, two_sigma2.dtype
+        px = priors.grid_xy[:, 0][None, None, :]  # (1, 1, N)
+        py = priors.grid_xy[:, 1][None, None, :]
+        plev = priors.levels[None, None, :]
+        heat = torch.zeros(B, C, N, dtype=dtype, device=device)
+        best_area = torch.full((B, N), float("inf"), dtype=dtype, device=device)
+        best_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
+        for sl in gt_chunks(B, G, N, self.max_pairs):
+            g = sl.stop - sl.start
+            dx = px - cx[:, sl, None]  # (B, g, N)
+            dy = py - cy[:, sl, None]
+            here = (plev == lvl[:, sl, None]) & ok[:, sl, None]
+            r = radius[:, sl, None]
+            win = here & (dx.abs() <= r) & (dy.abs() <= r)
+            d2 = (dx * dx + dy * dy).to(dtype)
+            val = torch.where(win, torch.exp(-d2 / two_sigma2[:, sl, None]), 0.0)
+            heat.scatter_reduce_(1, labels[:, sl, None].expand(B, g, N), val, reduce="amax", include_self=True)
+            center = here & (dx == 0) & (dy == 0)
+            key = torch.where(center, area[:, sl, None], float("inf"))
+            v, a = key.min(dim=1)  # first min -> lower GT index
+            upd = v < best_area  # strict: earlier chunks win ties
+            best_area = torch.where(upd, v, best_area)
+            best_gt = torch.where(upd, a + sl.start, best_gt)
+        return heat, best_gt
+
     # -- assignment ------------------------------------------------------------------------------
     def __call__(self, priors: Priors, gt: GroundTruth, **predictions: Tensor) -> Assignment:
         if any(na > 1 for na in priors.num_anchors):
@@ -224,31 +348,14 @@ class CenterNetAssigner(Assigner):
         cx = torch.minimum(cx.clamp(min=0), cols[lvl] - 1)
         cy = torch.minimum(cy.clamp(min=0), rows[lvl] - 1)
         area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-        labels = gt.labels.clamp(0, C - 1)  # padded rows may hold anything; they add zeros
 
-        # ---- chunked (B, g, N) splatting -------------------------------------------------------
-        px = priors.grid_xy[:, 0][None, None, :]  # (1, 1, N)
-        py = priors.grid_xy[:, 1][None, None, :]
-        plev = priors.levels[None, None, :]
-        heat = torch.zeros(B, C, N, dtype=dtype, device=device)
-        best_area = torch.full((B, N), float("inf"), dtype=dtype, device=device)
-        best_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
-        for sl in gt_chunks(B, G, N, self.max_pairs):
-            g = sl.stop - sl.start
-            dx = px - cx[:, sl, None]  # (B, g, N)
-            dy = py - cy[:, sl, None]
-            here = (plev == lvl[:, sl, None]) & ok[:, sl, None]
-            r = radius[:, sl, None]
-            win = here & (dx.abs() <= r) & (dy.abs() <= r)
-            d2 = (dx * dx + dy * dy).to(dtype)
-            val = torch.where(win, torch.exp(-d2 / two_sigma2[:, sl, None]), 0.0)
-            heat.scatter_reduce_(1, labels[:, sl, None].expand(B, g, N), val, reduce="amax", include_self=True)
-            center = here & (dx == 0) & (dy == 0)
-            key = torch.where(center, area[:, sl, None], float("inf"))
-            v, a = key.min(dim=1)  # first min -> lower GT index
-            upd = v < best_area  # strict: earlier chunks win ties
-            best_area = torch.where(upd, v, best_area)
-            best_gt = torch.where(upd, a + sl.start, best_gt)
+        # ---- heatmap and center cells ----------------------------------------------------------
+        labels = gt.labels.clamp(0, C - 1)  # padded rows may hold anything; they add zeros
+        args = (priors, lvl, cx, cy, radius, two_sigma2, ok, area, labels, C)
+        if self._full_grid(priors):
+            heat, best_gt = self._splat_windows(*args)
+        else:
+            heat, best_gt = self._splat_dense(*args)
 
         gt_index = best_gt
         positive = gt_index >= 0
