@@ -137,7 +137,7 @@ class HAMBoxAssigner(Assigner):
         for sl in chunks:
             valid = gt.mask[:, sl, None]  # (B, g, 1)
             iou = batched_box_iou(gt.boxes[:, sl], anchors)  # (B, g, N)
-            iou = torch.where(valid, iou, -1.0)
+            iou.masked_fill_(~valid, -1.0)
             v, a = iou.max(dim=1)  # first max among equals -> lower GT index
             upd = v > best_iou  # strict: earlier chunks win ties
             best_iou = torch.where(upd, v, best_iou)
@@ -147,37 +147,45 @@ class HAMBoxAssigner(Assigner):
         # M_g: stage-1 positives per GT, (B, G)
         m = torch.zeros(B, G, dtype=torch.long, device=device)
         m.scatter_add_(1, gt1.clamp(min=0), pos1.long())
-        neg1 = ~pos1
 
         # ---- stage 2: per GT, best (K - M) stage-1 negatives by predicted IoU -----------------
+        # Only the (B, g, kc) selected entries matter for collisions: the winner of a prior is the
+        # highest predicted IoU among the GTs that selected it, ties to the lower GT index (running
+        # amax over chunks, then amin of the GT index among the entries that reach it).
         kc = min(self.k, N)
         rank = torch.arange(kc, device=device)
         comp_iou = torch.full((B, N), -1.0, dtype=dtype, device=device)  # winning predicted IoU
-        comp_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
         pos1_piou = torch.zeros(B, N, dtype=dtype, device=device)  # predicted IoU of stage-1 positives
         max_piou = torch.zeros(B, N, dtype=dtype, device=device)  # best predicted IoU over valid GTs
+        sel_val, sel_idx = [], []  # per chunk (B, g * kc): selected predicted IoU (-1 = not kept), prior
         for sl in chunks:
             g = sl.stop - sl.start
             valid = gt.mask[:, sl, None]  # (B, g, 1)
             piou = batched_box_iou(gt.boxes[:, sl], pboxes)  # (B, g, N)
-            piou = torch.where(valid, torch.nan_to_num(piou, nan=0.0).clamp(0.0, 1.0), 0.0)
-            max_piou = torch.maximum(max_piou, piou.max(dim=1).values)
+            piou = piou.nan_to_num_(nan=0.0).clamp_(0.0, 1.0).masked_fill_(~valid, 0.0)
+            if self.ignore_pred_negatives:
+                max_piou = torch.maximum(max_piou, piou.max(dim=1).values)
             # stage-1 positives whose GT is in this chunk: their predicted IoU
             local = gt1 - sl.start  # (B, N)
             here = pos1 & (local >= 0) & (local < g)
             got = piou.gather(1, local.clamp(0, g - 1)[:, None, :])[:, 0]  # (B, N)
             pos1_piou = torch.where(here, got, pos1_piou)
-            # candidates of each GT, best kc of them
-            cand = neg1[:, None, :] & valid & (piou >= self.t2)  # (B, g, N)
-            score = torch.where(cand, piou, -1.0)
+            # candidates of each GT (stage-1 negatives with predicted IoU >= t2; invalid GTs have
+            # piou 0 < t2), best kc of them; piou becomes the score in place
+            score = piou.masked_fill_((piou < self.t2) | pos1[:, None, :], -1.0)  # (B, g, N)
             vals, idx = score.topk(kc, dim=2)  # (B, g, kc), sorted descending
             need = (self.k - m[:, sl]).clamp(min=0)[..., None]  # (B, g, 1)
             keep = (vals >= self.t2) & (rank < need)
-            sel = torch.zeros(B, g, N, dtype=torch.bool, device=device).scatter_(2, idx, keep)
-            v, a = torch.where(sel, piou, -1.0).max(dim=1)  # collisions -> higher predicted IoU
-            upd = v > comp_iou
-            comp_iou = torch.where(upd, v, comp_iou)
-            comp_gt = torch.where(upd, a + sl.start, comp_gt)
+            v = torch.where(keep, vals, -1.0).view(B, g * kc)
+            comp_iou.scatter_reduce_(1, idx.view(B, g * kc), v, reduce="amax", include_self=True)
+            sel_val.append(v)
+            sel_idx.append(idx.view(B, g * kc))
+        sv, si = torch.cat(sel_val, 1), torch.cat(sel_idx, 1)  # (B, G * kc), GT-major
+        sg = torch.arange(G, device=device).repeat_interleave(kc).expand(B, G * kc)
+        win = (sv >= 0) & (sv == comp_iou.gather(1, si))
+        comp_gt = torch.full((B, N), G, dtype=torch.long, device=device)
+        comp_gt.scatter_reduce_(1, si, torch.where(win, sg, G), reduce="amin", include_self=True)
+        comp_gt = torch.where(comp_gt < G, comp_gt, -1)
 
         compensated = comp_iou >= self.t2  # only stage-1 negatives can be selected
         gt_index = torch.where(pos1, gt1, torch.where(compensated, comp_gt, -1))
