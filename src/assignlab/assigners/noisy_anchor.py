@@ -125,19 +125,26 @@ class NoisyAnchorAssigner(Assigner):
         anchors = priors.boxes(self.square_scale).to(dtype)  # (N, 4)
 
         # ---- candidate bags: top-n priors of each GT by anchor IoU, collisions to higher IoU ----
+        # Collisions only involve the (B, g, kn) bag entries: running amax of the IoU per prior over
+        # the chunks, then the lowest GT index among the entries that reach it.
         kn = min(self.n, N)
         best_iou = torch.full((B, N), -1.0, dtype=dtype, device=device)
-        best_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
+        bag_val, bag_idx = [], []  # per chunk (B, g * kn): anchor IoU (-1 = not in the bag), prior
         for sl in gt_chunks(B, G, N, self.max_pairs):
             g = sl.stop - sl.start
             valid = gt.mask[:, sl, None]  # (B, g, 1)
-            iou = torch.where(valid, batched_box_iou(gt.boxes[:, sl], anchors), -1.0)  # (B, g, N)
+            iou = batched_box_iou(gt.boxes[:, sl], anchors).masked_fill_(~valid, -1.0)  # (B, g, N)
             vals, idx = iou.topk(kn, dim=2)  # (B, g, kn)
-            bag = torch.zeros(B, g, N, dtype=torch.bool, device=device).scatter_(2, idx, vals > 0)
-            v, a = torch.where(bag, iou, -1.0).max(dim=1)  # first max -> lower GT index
-            upd = v > best_iou  # strict: earlier chunks win ties
-            best_iou = torch.where(upd, v, best_iou)
-            best_gt = torch.where(upd, a + sl.start, best_gt)
+            v = torch.where(vals > 0, vals, -1.0).view(B, g * kn)
+            best_iou.scatter_reduce_(1, idx.view(B, g * kn), v, reduce="amax", include_self=True)
+            bag_val.append(v)
+            bag_idx.append(idx.view(B, g * kn))
+        bv, bi = torch.cat(bag_val, 1), torch.cat(bag_idx, 1)  # (B, G * kn), GT-major
+        bg = torch.arange(G, device=device).repeat_interleave(kn).expand(B, G * kn)
+        win = (bv > 0) & (bv == best_iou.gather(1, bi))
+        best_gt = torch.full((B, N), G, dtype=torch.long, device=device)
+        best_gt.scatter_reduce_(1, bi, torch.where(win, bg, G), reduce="amin", include_self=True)
+        best_gt = torch.where(best_gt < G, best_gt, -1)
         gt_index = best_gt  # -1 where the prior is in no bag
         positive = gt_index >= 0
         gi = gt_index.clamp(min=0)
