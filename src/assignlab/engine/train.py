@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..losses.normalize import LossBalanceMonitor
 from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -528,6 +529,7 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
         model.train()
         t0 = time.time()
         sums: dict[str, torch.Tensor] = {}
+        balance = LossBalanceMonitor()  # parts of the loss and their shares, reported per epoch
         n_done = 0
         lr = schedule(step)
         it = loader
@@ -591,6 +593,7 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
                 for k, v in allp.items():
                     v = torch.where(torch.isfinite(v), v, torch.zeros_like(v))
                     sums[k] = sums.get(k, torch.zeros((), device=device)) + v
+                balance.update({k: v for k, v in allp.items() if k != "loss"})
             if pbar is not None:
                 pbar.set_postfix({k: f"{float(v) / n_done:.4f}" for k, v in sums.items()} | {"lr": f"{lr:.2e}"},
                                  refresh=False)
@@ -602,6 +605,8 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
         # validation (rank 0, EMA weights)
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": lr}
         row.update({f"train/{k}": float(v) / max(1, n_done) for k, v in sums.items()})
+        shares = balance.report()
+        row.update({f"train/share_{k}": shares[f"ratio/{k}"] for k in sums if k != "loss"})
         row["time"] = round(time.time() - t0, 3)
         validate = (epoch + 1 == cfg.epochs) or (cfg.eval_every > 0 and (epoch + 1) % cfg.eval_every == 0)
         improved = False
@@ -646,7 +651,12 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
                     if k not in ("epoch", "step") and isinstance(v, (int, float)) and math.isfinite(v):
                         writer.add_scalar(k, v, epoch + 1)
                 writer.flush()
-            parts_s = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("train/"))
+            parts_s = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in row.items()
+                               if k.startswith("train/") and not k.startswith("train/share_"))
+            parts_s += " (shares " + " ".join(f"{k[len('train/share_'):]} {v:.0%}" for k, v in row.items()
+                                              if k.startswith("train/share_")) + ")"
+            for msg in balance.warnings():
+                _say(d, f"loss balance: {msg}")
             val_s = (f" | val AP {last_metrics['AP']:.4f} AP50 {last_metrics['AP50']:.4f}" if validate else "")
             _say(d, f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.3g} {parts_s}{val_s} ({row['time']:.1f}s)"
                     f"{' *best*' if improved else ''}")
