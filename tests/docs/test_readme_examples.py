@@ -39,7 +39,7 @@ def test_readme_cli_commands_exist():
         if cmd in ("is", "makes", "import"):
             continue
         assert cmd in COMMANDS, f"README mentions unknown subcommand {cmd!r}"
-    for path in re.findall(r"\b((?:configs|docs)/[\w/.-]+\.(?:yaml|md|png))", README):
+    for path in re.findall(r"\b((?:configs|docs)/[\w/.-]+\.(?:yaml|md|png|jpg))", README):
         assert (REPO / path).exists(), f"README names a missing file {path}"
 
 
