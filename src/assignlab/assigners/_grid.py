@@ -33,11 +33,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core import GroundTruth, Priors, chunk_slices
+from ..core import Assignment, GroundTruth, Priors, chunk_slices
 from ..core.boxes import valid_box_mask
 
 __all__ = [
     "LevelLayout",
+    "empty_static_result",
+    "static_inputs",
     "level_layouts",
     "sanitize_gt",
     "level_iou",
@@ -237,3 +239,19 @@ def sort_key(values: Tensor, index: Tensor) -> Tensor:
 def key_index(key: Tensor) -> Tensor:
     """The index packed in a :func:`sort_key`."""
     return key & _LOW32
+
+
+def empty_static_result(gt: GroundTruth, num_priors: int) -> Assignment:
+    """All-negative result of a static assigner (no GT or no prior), with zero ``overlaps``."""
+    B, dev = gt.batch_size, gt.boxes.device
+    res = Assignment.empty(B, num_priors, device=dev)
+    return res.replace(extras={"overlaps": torch.zeros(B, num_priors, dtype=gt.boxes.dtype, device=dev)})
+
+
+def static_inputs(priors: Priors, gt: GroundTruth, square_scale: float):
+    """The common start of a static IoU assigner: working dtype, prior boxes ``(N, 4)`` (anchors or
+    ``square_scale * stride`` squares) and their areas, and the sanitised GTs (boxes, areas, valid)."""
+    dtype = gt.boxes.dtype if gt.boxes.is_floating_point() else torch.float32
+    pboxes = priors.boxes(square_scale).to(device=gt.boxes.device, dtype=dtype)
+    gboxes, garea, valid = sanitize_gt(gt, dtype)
+    return dtype, pboxes, prior_areas(pboxes), gboxes, garea, valid

@@ -59,13 +59,13 @@ from torch import Tensor
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._grid import (
     LevelLayout,
+    empty_static_result,
     ignored_priors,
     key_index,
     level_layouts,
     merge_best,
-    prior_areas,
-    sanitize_gt,
     sort_key,
+    static_inputs,
 )
 from .base import Assigner, positive_int
 
@@ -104,14 +104,10 @@ class ATSSAssigner(Assigner):
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
         dev = gt.boxes.device
         if G == 0 or N == 0:
-            res = Assignment.empty(B, N, device=dev)
-            return res.replace(extras={"overlaps": torch.zeros(B, N, dtype=gt.boxes.dtype, device=dev)})
+            return empty_static_result(gt, N)
 
-        dtype = gt.boxes.dtype if gt.boxes.is_floating_point() else torch.float32
-        pboxes = priors.boxes(self.square_scale).to(device=dev, dtype=dtype)
-        parea = prior_areas(pboxes)
+        dtype, pboxes, parea, gboxes, garea, valid = static_inputs(priors, gt, self.square_scale)
         pts = priors.points.to(device=dev, dtype=dtype)
-        gboxes, garea, valid = sanitize_gt(gt, dtype)
         has_gt = valid.any(dim=1)
         ignored = ignored_priors(pboxes, gt, self.ignore_iof_thr, True, self.max_pairs)
         if ignored is not None:

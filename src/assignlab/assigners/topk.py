@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
-from ._grid import key_index, level_iou, level_layouts, merge_best, prior_areas, sanitize_gt, sort_key
+from ._grid import empty_static_result, key_index, level_iou, level_layouts, merge_best, sort_key, static_inputs
 from .base import Assigner, positive_int, unit_interval
 
 __all__ = ["TopKAssigner"]
@@ -70,13 +70,9 @@ class TopKAssigner(Assigner):
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
         dev = gt.boxes.device
         if G == 0 or N == 0:
-            res = Assignment.empty(B, N, device=dev)
-            return res.replace(extras={"overlaps": torch.zeros(B, N, dtype=gt.boxes.dtype, device=dev)})
+            return empty_static_result(gt, N)
 
-        dtype = gt.boxes.dtype if gt.boxes.is_floating_point() else torch.float32
-        pboxes = priors.boxes(self.square_scale).to(device=dev, dtype=dtype)
-        parea = prior_areas(pboxes)
-        gboxes, garea, valid = sanitize_gt(gt, dtype)
+        dtype, pboxes, parea, gboxes, garea, valid = static_inputs(priors, gt, self.square_scale)
         layouts = [lay for lay in level_layouts(priors) if lay.n > 0]
         k = min(self.k, N)
 
