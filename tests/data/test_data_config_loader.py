@@ -69,6 +69,37 @@ def test_relative_path_and_inference(tmp_path):
     assert load_data_config(_yaml(tmp_path, "download: https://x\ntrain: a.txt\nnames: [x]\n"))  # ignored key
 
 
+def test_path_expands_environment_variables(tmp_path, monkeypatch):
+    (tmp_path / "y").mkdir()
+    text = 'path: "${AL_TEST_ROOT:-../fallback}/ds"\ntrain: ImageSets/Main/train.txt\nformat: voc\nnames: [x]\n'
+    p = _yaml(tmp_path / "y", text)
+    monkeypatch.delenv("AL_TEST_ROOT", raising=False)
+    # unset: the default, relative to the YAML file's folder
+    assert load_data_config(p).path == str(tmp_path / "fallback" / "ds")
+    # set to an absolute path
+    monkeypatch.setenv("AL_TEST_ROOT", str(tmp_path / "abs"))
+    assert load_data_config(p).path == str(tmp_path / "abs" / "ds")
+    # set to a relative path: relative to the working directory, not to the YAML file
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AL_TEST_ROOT", "rel")
+    assert load_data_config(p).path == str(tmp_path / "rel" / "ds")
+    # ${NAME} without a default and unset: a clear error naming the variable
+    q = _yaml(tmp_path, "path: ${AL_TEST_UNSET_VAR}/ds\ntrain: a.txt\nformat: voc\nnames: [x]\n", "q.yaml")
+    monkeypatch.delenv("AL_TEST_UNSET_VAR", raising=False)
+    with pytest.raises(DataConfigError, match="environment variable AL_TEST_UNSET_VAR is not set"):
+        load_data_config(q)
+
+
+def test_bundled_data_configs_follow_assignlab_shared(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    cfgs = Path(__file__).resolve().parents[2] / "configs" / "data"
+    monkeypatch.setenv("ASSIGNLAB_SHARED", str(tmp_path / "elsewhere"))
+    assert load_data_config(cfgs / "facemask.yaml").path == str(tmp_path / "elsewhere" / "data" / "facemask")
+    monkeypatch.delenv("ASSIGNLAB_SHARED")
+    assert load_data_config(cfgs / "tiny_coco.yaml").path == str(cfgs.parents[2] / "shared" / "data" / "tiny_coco")
+
+
 def test_merge_name_default(tmp_path):
     cfg = load_data_config(_yaml(tmp_path, "train: i\nnames: [with_mask, without_mask]\n"))
     assert cfg.effective_merge_name(cfg.names) == "face"

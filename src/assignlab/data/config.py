@@ -40,7 +40,11 @@ Keys (anything else is rejected, naming the allowed keys):
                    split => coco, a ``label.txt`` split => widerface, a list file beside an
                    ``Annotations/`` folder => voc, image folders / image list files => yolo).
 ``path``           dataset root; relative paths are relative to the YAML file's folder (default:
-                   that folder). Split entries are relative to ``path``.
+                   that folder). Split entries are relative to ``path``. Environment variables are
+                   expanded: ``${NAME}`` (an error when unset) or ``${NAME:-default}``; a variable's
+                   relative value is taken against the working directory, a relative default
+                   against the YAML file's folder. The bundled configs use
+                   ``${ASSIGNLAB_SHARED:-../../../shared}/data/...``.
 ``train/val/test`` split entries (``test`` optional; an empty value means "no such split"). yolo
                    accepts a list of folders / list files.
 ``names``          class names (list, or ``{index: name}`` mapping with keys ``0..C-1``). Optional
@@ -70,6 +74,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,6 +256,34 @@ def _as_str_or_none(src: str, key: str, v: Any) -> str | None:
     return str(v)
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(src: str, key: str, v: str) -> str:
+    """Expand ``${NAME}`` / ``${NAME:-default}`` in a path value.
+
+    A set variable's relative value is made absolute against the working directory (so
+    ``ASSIGNLAB_SHARED=../shared`` means what it says in the shell); a default is substituted as
+    written (relative to the YAML file's folder like any other relative path)::
+
+        ${ASSIGNLAB_SHARED:-../../../shared}/data/facemask
+        # ASSIGNLAB_SHARED=/data/shared -> /data/shared/data/facemask
+        # unset                         -> ../../../shared/data/facemask (next to the YAML file)
+    """
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        val = os.environ.get(name)
+        if val:
+            return os.path.abspath(os.path.expanduser(val))
+        if default is None:
+            raise _err(src, f"{key!r} uses ${{{name}}} but the environment variable {name} is not set "
+                            f"(set it, or write ${{{name}:-default}})")
+        return default
+
+    return _ENV_REF.sub(sub, v)
+
+
 def _names(src: str, v: Any, nc: Any) -> list[str] | None:
     if v is None:
         names = None
@@ -330,6 +363,8 @@ def data_config_from_dict(d: Mapping[str, Any], base_dir: str | os.PathLike = ".
         raise _err(src, f"'format' must be one of {', '.join(FORMATS)}, got {fmt!r}")
     base = Path(base_dir).expanduser().resolve()
     p = _as_str_or_none(src, "path", d.get("path"))
+    if p is not None:
+        p = _expand_env(src, "path", p)
     root = base if p is None else Path(os.path.expanduser(p))
     if not root.is_absolute():
         root = base / root
