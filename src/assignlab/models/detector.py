@@ -1,8 +1,9 @@
 """The detector: MiniVGG backbone -> FPN -> dense head, plus decoding and NMS post-processing.
 
 ``Detector(num_classes, head="anchor" | "free")`` predicts one box per prior of
-``assignlab.make_priors(image_size, strides=(8, 16, 32), offset=0.5)`` (with the level's single
-anchor for the anchor head), so the assigners, the loss and the decoder all index the same priors.
+``assignlab.make_priors(image_size, strides=(8, 16, 32), anchors=model.anchors, offset=0.5)`` (the
+anchor head's anchors: one per level by default, or ``A`` per level, YOLOv5 style, with e.g.
+``anchors=[[(w, h)] * 3, ...]``), so the assigners, the loss and the decoder all index the same priors.
 
 Decoding (``decode``, differentiable; ``p`` = prior point, ``s`` = its stride)
 ------------------------------------------------------------------------------
@@ -33,6 +34,15 @@ matching windows are ``[a/4, 4a]``: a GT of side g is *best* matched by level l 
 midpoint ``sqrt2 * a_l``, about 23 px between P3 and P4 and 45 px between P4 and P5), and the three
 windows together cover faces of 4 .. 270 px -- at 320 px input the facemask faces are 4 .. 110 px
 (1st..99th percentile), at 640 px 9 .. 220 px. Pass ``anchors=`` (e.g. from k-means) to change them.
+
+Several anchors per location (YOLOv5 style): ``anchors`` with ``A`` ``(w, h)`` per level (the
+same ``A`` on every level, as YOLOv5 requires; e.g. ``assignlab anchors --evolve --per-level 3``).
+Each location then predicts ``A`` boxes (the head's 1x1 convolutions get ``A`` times the
+channels), prior ``level_start + (row * cols + col) * A + a`` being anchor ``a`` of cell ``(row,
+col)``; everything downstream (assigners, losses, decoding, NMS, export) works on these priors
+unchanged. ``A = 3`` adds ``2 (5 + C) (F + 1)`` parameters per level (``F`` = FPN width) and few
+MACs: ``num_classes=1``, 320x320, 312.3 -> 313.3 M (+0.3 %) at ``width=1.0``, 75.7 -> 76.1 M
+(+0.5 %) at ``width=0.5``.
 
 Cost
 ----
@@ -93,21 +103,35 @@ class HeadOutput:
 
 
 def _normalize_anchors(anchors: Any, num_levels: int) -> list[list[tuple[float, float]]]:
-    """Accept ``[[(w, h)], ...]`` or ``[(w, h), ...]``; return one ``[(w, h)]`` per level."""
+    """Accept ``[[(w, h), ...], ...]`` (``A`` anchors per level) or ``[(w, h), ...]`` (one per level).
+
+    Returns per level a list of ``A`` ``(w, h)`` float pairs; every level must have the same ``A``
+    (YOLOv5's rule: the head predicts ``A`` boxes at every location of every level).
+    """
     levels = list(anchors)
     if len(levels) != num_levels:
-        raise ValueError(f"anchors must give one anchor per level ({num_levels} levels), got {len(levels)}")
+        raise ValueError(f"anchors must give one list of (w, h) per level ({num_levels} levels), got {len(levels)}")
     out = []
     for li, a in enumerate(levels):
         a = list(a)
         if len(a) == 2 and all(isinstance(v, (int, float)) for v in a):  # bare (w, h)
             a = [a]
-        if len(a) != 1:
-            raise ValueError(f"anchors: level {li} must have exactly one (w, h) anchor (one anchor per point)")
-        w, h = (float(v) for v in a[0])
-        if not (w > 0 and h > 0):
-            raise ValueError(f"anchors: level {li} anchor must have positive size, got {(w, h)}")
-        out.append([(w, h)])
+        if not a:
+            raise ValueError(f"anchors: level {li} has no (w, h) anchor")
+        lv = []
+        for k, wh in enumerate(a):
+            wh = list(wh) if isinstance(wh, (list, tuple)) else [wh]
+            if len(wh) != 2:
+                raise ValueError(f"anchors: level {li} anchor {k} must be a (w, h) pair, got {wh!r}")
+            w, h = (float(v) for v in wh)
+            if not (w > 0 and h > 0):
+                raise ValueError(f"anchors: level {li} anchor must have positive size, got {(w, h)}")
+            lv.append((w, h))
+        out.append(lv)
+    counts = [len(lv) for lv in out]
+    if len(set(counts)) != 1:
+        raise ValueError(f"anchors: every level must have the same number of (w, h) anchors (the head predicts "
+                         f"that many boxes per location, as in YOLOv5), got {counts} per level")
     return out
 
 
@@ -118,8 +142,9 @@ class Detector(nn.Module):
         num_classes: number of classes ``C``.
         head: ``"anchor"`` (YOLOv5-style, objectness) or ``"free"`` (FCOS/GFL-style).
         width: channel multiplier of backbone, FPN and head (1.0 ~ 150 M MACs at 224x224).
-        anchors: per level one ``(w, h)`` anchor in pixels (anchor head only; default
-            :data:`DEFAULT_ANCHORS`). Must be ``None`` for the free head.
+        anchors: per level a list of ``A`` ``(w, h)`` anchors in pixels, the same ``A`` on every
+            level (anchor head only; default :data:`DEFAULT_ANCHORS`, ``A = 1``); a bare ``(w, h)``
+            per level means ``A = 1``. Must be ``None`` for the free head.
         reg_max: DFL bins - 1 for the free head (0 = softplus distances).
         strides: must be ``(8, 16, 32)`` (the backbone's output strides).
         fpn_channels: base FPN / head-tower channels, scaled by ``width``.
@@ -170,6 +195,8 @@ class Detector(nn.Module):
             if head == "anchor"
             else None
         )
+        #: anchors per location (1 for the free head)
+        self.num_anchors = len(self.anchors[0]) if self.anchors is not None else 1
         self._extra = {
             "fpn_channels": int(fpn_channels),
             "tower_depth": int(tower_depth),
@@ -184,7 +211,7 @@ class Detector(nn.Module):
         init_weights(self.neck)
         self.head = DetectionHead(
             num_classes, c, num_levels=len(self.strides), kind=head, reg_max=reg_max,
-            tower_depth=tower_depth, prior_prob=prior_prob,
+            tower_depth=tower_depth, prior_prob=prior_prob, num_anchors=self.num_anchors,
         )
         init_weights(self.head.towers)
         # inference metadata, filled by Detector.load (not part of config / state_dict)
@@ -194,7 +221,7 @@ class Detector(nn.Module):
 
     # ------------------------------------------------------------------ forward / priors
     def forward(self, images: Tensor) -> HeadOutput:
-        """``images (B, 3, H, W)`` float -> :class:`HeadOutput` with ``N = sum ceil(H/s) ceil(W/s)``."""
+        """``images (B, 3, H, W)`` float -> :class:`HeadOutput` with ``N = A * sum ceil(H/s) ceil(W/s)``."""
         cls, box, obj = self.head(self.neck(self.backbone(images)))
         return HeadOutput(cls=cls, box=box, obj=obj, kind=self.kind, reg_max=self.reg_max)
 

@@ -1,12 +1,15 @@
-"""Dense prediction heads, one prediction per prior (one anchor per location).
+"""Dense prediction heads, one prediction per prior (one or several anchors per location).
 
 Two kinds share one structure -- per pyramid level a small tower of ``tower_depth`` 3x3
 conv-BN-ReLU layers (shared by all branches of that level), then 1x1 prediction convolutions:
 
 ``kind="anchor"`` -- YOLO-style (Redmon & Farhadi, "YOLO9000", CVPR 2017; Jocher et al., YOLOv5,
 2020): per prior ``obj`` (1 objectness logit), ``cls`` (C class logits) and ``box`` = ``(tx, ty, tw,
-th)``, offsets relative to the level's single anchor, decoded by
-:meth:`assignlab.models.Detector.decode` with the YOLOv5 formula.
+th)``, offsets relative to the prior's anchor, decoded by
+:meth:`assignlab.models.Detector.decode` with the YOLOv5 formula. With ``num_anchors = A > 1``
+(YOLOv5's usual 3 anchors per level) every location predicts ``A`` such sets: the 1x1 convolutions
+give ``A * C`` / ``A * 4`` / ``A`` channels, anchor-major (channel ``a * K + k`` is component ``k``
+of anchor ``a``, like YOLOv5's ``view(bs, na, no, ny, nx)``).
 
 ``kind="free"`` -- FCOS / GFL style (Tian et al., "FCOS", ICCV 2019; Li et al., "Generalized Focal
 Loss", NeurIPS 2020): per prior ``cls`` (C class-or-quality logits, no objectness) and the four
@@ -17,10 +20,13 @@ gives 4 x ``(reg_max + 1)`` logits, a discrete distribution over ``0, 1, ..., re
 Layout of the DFL logits: ``box.view(B, N, 4, reg_max + 1)`` -- side-major, i.e. all bins of ``l``,
 then all bins of ``t``, ``r``, ``b``.
 
-Output flattening (matches :func:`assignlab.make_priors` with one anchor per location): each
-level's map ``(B, K, H, W)`` becomes ``(B, H * W, K)`` row-major (``y`` outer, ``x`` inner), and the
-levels are concatenated finest first, so prior ``n`` of the head is prior ``n`` of
-``make_priors(image_size, strides)``.
+Output flattening (matches :func:`assignlab.make_priors`): each level's map ``(B, A * K, H, W)``
+becomes ``(B, H * W * A, K)`` -- row-major (``y`` outer, ``x`` inner), the ``A`` anchors of one
+location consecutive -- and the levels are concatenated finest first, so prior
+``n = level_start + (row * W + col) * A + a`` of the head is prior ``n`` of
+``make_priors(image_size, strides, anchors)``. Example, ``A = 3``, a level of 2 x 2 cells: priors
+0, 1, 2 are the three anchors of cell (row 0, col 0), prior 5 is anchor 2 of (0, 1), prior 6 is
+anchor 0 of (1, 0).
 
 Initialisation (RetinaNet, Lin et al., ICCV 2017, Sec. 4.1 "Initialization"): prediction
 convolutions get weights ~ N(0, 0.01) so the first outputs are ~ their biases, and
@@ -28,6 +34,8 @@ convolutions get weights ~ N(0, 0.01) so the first outputs are ~ their biases, a
 * ``cls`` (free head) / ``obj`` (anchor head) bias ``= -log((1 - pi) / pi)`` with
   ``pi = prior_prob = 0.01``: every prior starts predicting probability 0.01, so the loss of the
   ~10^4 background priors does not swamp the first updates. Example: ``pi = 0.01 -> bias = -4.595``.
+  With several anchors per location every anchor gets the same biases (YOLOv5's objectness prior
+  ``log(8 / (640 / s)^2)`` is per anchor too, not divided by the anchor count).
 * ``cls`` of the anchor head (a class probability *given* an object) ``= log(0.6 / (C - 0.99))`` as
   in YOLOv5: 4.09 (p = 0.98) for one class, whose logit a YOLOv5-style loss never trains.
 * anchor ``box`` bias 0: ``t = 0`` decodes to the anchor itself, centred on its prior point.
@@ -53,13 +61,25 @@ __all__ = ["DetectionHead", "box_distances", "dfl_integral", "flatten_levels"]
 HEAD_KINDS = ("anchor", "free")
 
 
-def flatten_levels(maps: Sequence[Tensor]) -> Tensor:
-    """Concatenate per-level maps ``(B, K, H_l, W_l)`` into ``(B, sum_l H_l * W_l, K)``, row-major.
+def flatten_levels(maps: Sequence[Tensor], num_anchors: int = 1) -> Tensor:
+    """Concatenate per-level maps ``(B, A * K, H_l, W_l)`` into ``(B, sum_l H_l * W_l * A, K)``.
 
-    Example: maps of shapes ``(2, 5, 4, 4)`` and ``(2, 5, 2, 2)`` give ``(2, 20, 5)``; entry
-    ``[:, 16 + 1 * 2 + 0]`` is level 1, row 1, column 0.
+    Row-major, the ``A = num_anchors`` anchors of a location consecutive; channel ``a * K + k`` of
+    a map is component ``k`` of anchor ``a``. Example (``A = 1``): maps of shapes ``(2, 5, 4, 4)``
+    and ``(2, 5, 2, 2)`` give ``(2, 20, 5)``; entry ``[:, 16 + 1 * 2 + 0]`` is level 1, row 1,
+    column 0. With ``A = 3`` and maps ``(2, 15, 4, 4)``: ``(2, 48, 5)``, entry ``[:, (1 * 4 + 2) * 3
+    + 1]`` is row 1, column 2, anchor 1, i.e. channels ``5 .. 9`` of the map at ``[..., 1, 2]``.
     """
-    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
+    if num_anchors == 1:
+        return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
+    out = []
+    for m in maps:
+        b, ak, h, w = m.shape
+        if ak % num_anchors:
+            raise ValueError(f"a map with {ak} channels cannot hold {num_anchors} anchors")
+        k = ak // num_anchors
+        out.append(m.reshape(b, num_anchors, k, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * num_anchors, k))
+    return torch.cat(out, dim=1)
 
 
 def dfl_integral(logits: Tensor, reg_max: int) -> Tensor:
@@ -86,6 +106,8 @@ class DetectionHead(nn.Module):
         kind: ``"anchor"`` (obj + cls + tx,ty,tw,th) or ``"free"`` (cls + l,t,r,b [DFL]).
         reg_max: DFL bins - 1 for the free head (0 = plain softplus distances). Must be 0 for
             ``kind="anchor"``.
+        num_anchors: anchors per location ``A`` (anchor head; every level the same). Must be 1 for
+            ``kind="free"``.
         tower_depth: number of 3x3 conv-BN-ReLU layers per level before the predictions.
         tower_channels: channels of the tower (default ``in_channels``).
         prior_prob: initial probability of ``cls`` and ``obj``.
@@ -103,6 +125,7 @@ class DetectionHead(nn.Module):
         tower_channels: int | None = None,
         prior_prob: float = 0.01,
         init_distance: float = 1.0,
+        num_anchors: int = 1,
     ) -> None:
         super().__init__()
         if kind not in HEAD_KINDS:
@@ -117,7 +140,10 @@ class DetectionHead(nn.Module):
             raise ValueError(f"tower_depth must be >= 0, got {tower_depth}")
         if init_distance <= 0:
             raise ValueError(f"init_distance must be > 0, got {init_distance}")
+        if num_anchors < 1 or (kind == "free" and num_anchors != 1):
+            raise ValueError(f"num_anchors must be 1 for the free head and >= 1 for the anchor head, got {num_anchors}")
         self.kind = kind
+        self.num_anchors = int(num_anchors)
         self.num_classes = int(num_classes)
         self.reg_max = int(reg_max)
         tc = int(tower_channels or in_channels)
@@ -130,10 +156,11 @@ class DetectionHead(nn.Module):
 
         c_last = tc if tower_depth > 0 else in_channels
         self.towers = nn.ModuleList(tower() for _ in range(num_levels))
-        self.cls_preds = nn.ModuleList(nn.Conv2d(c_last, num_classes, 1) for _ in range(num_levels))
-        self.box_preds = nn.ModuleList(nn.Conv2d(c_last, box_dim, 1) for _ in range(num_levels))
+        na = self.num_anchors
+        self.cls_preds = nn.ModuleList(nn.Conv2d(c_last, na * num_classes, 1) for _ in range(num_levels))
+        self.box_preds = nn.ModuleList(nn.Conv2d(c_last, na * box_dim, 1) for _ in range(num_levels))
         self.obj_preds = (
-            nn.ModuleList(nn.Conv2d(c_last, 1, 1) for _ in range(num_levels)) if kind == "anchor" else None
+            nn.ModuleList(nn.Conv2d(c_last, na, 1) for _ in range(num_levels)) if kind == "anchor" else None
         )
         self._init_predictions(prior_prob, init_distance)
 
@@ -158,7 +185,10 @@ class DetectionHead(nn.Module):
                 nn.init.constant_(conv.bias, bias)
 
     def forward(self, feats: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``feats`` finest first -> ``cls (B, N, C)``, ``box (B, N, 4 | 4 (R+1))``, ``obj (B, N) | None``."""
+        """``feats`` finest first -> ``cls (B, N, C)``, ``box (B, N, 4 | 4 (R+1))``, ``obj (B, N) | None``.
+
+        ``N = sum_l H_l * W_l * num_anchors`` in :func:`assignlab.make_priors` order.
+        """
         if len(feats) != len(self.towers):
             raise ValueError(f"expected {len(self.towers)} feature maps, got {len(feats)}")
         cls_maps, box_maps, obj_maps = [], [], []
@@ -168,9 +198,10 @@ class DetectionHead(nn.Module):
             box_maps.append(self.box_preds[i](t))
             if self.obj_preds is not None:
                 obj_maps.append(self.obj_preds[i](t))
-        cls = flatten_levels(cls_maps)
-        box = flatten_levels(box_maps)
-        obj = flatten_levels(obj_maps).squeeze(-1) if self.obj_preds is not None else None
+        na = self.num_anchors
+        cls = flatten_levels(cls_maps, na)
+        box = flatten_levels(box_maps, na)
+        obj = flatten_levels(obj_maps, na).squeeze(-1) if self.obj_preds is not None else None
         return cls, box, obj
 
 
