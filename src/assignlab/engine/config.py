@@ -64,7 +64,8 @@ class TrainConfig:
     Model:
         head: "anchor" (YOLOv5-style, with objectness) or "free" (FCOS / YOLOv8-style).
         reg_max: DFL bins of the free head (0 = plain distances). width: channel multiplier.
-        anchors: per-level anchor ``(w, h)`` lists for the anchor head (None = model default).
+        anchors: per-level anchor ``(w, h)`` lists for the anchor head (None = model default); several
+            per level (YOLOv5's 3) are allowed, the same number on every level.
         img: square input size in pixels (multiple of 32).
     Optimisation:
         epochs, batch (global batch size; split over DDP processes), workers (loader processes),
@@ -329,6 +330,10 @@ def _validate(d: dict[str, Any]) -> TrainConfig:
                     isinstance(x, (int, float)) and x > 0 for x in wh) for wh in lv) for lv in a)
         if not ok:
             raise ConfigError(f"anchors must be a per-level list of [w, h] pairs (pixels, > 0), got {a!r}")
+        counts = [len(lv) for lv in a]
+        if len(set(counts)) != 1:
+            raise ConfigError(f"anchors must have the same number of [w, h] pairs on every level (the head "
+                              f"predicts that many boxes per location, as in YOLOv5), got {counts} per level")
         c.anchors = [[[float(x) for x in wh] for wh in lv] for lv in a]
 
     c.epochs = _as_int("epochs", c.epochs, lo=1)
