@@ -12,11 +12,17 @@ Usage::
         ...
 
 See :mod:`assignlab.data.dataset` for the bad-input policy (skip + count by default, errors with
-``strict=True``) and :mod:`assignlab.data.transforms` for the letterbox geometry.
+``strict=True``), :mod:`assignlab.data.transforms` for the letterbox geometry, and the optional
+training augmentation :mod:`assignlab.data.mosaic` (``mosaic=1.0``), :mod:`assignlab.data.color`
+(``hsv=(0.015, 0.7, 0.4)``) with the image cache :mod:`assignlab.data.cache` (``cache="ram"``)::
+
+    train = build_dataset(cfg, "train", 320, train=True, merge_classes=True,
+                          mosaic=1.0, hsv=(0.015, 0.7, 0.4), cache="ram")
 """
 
 from __future__ import annotations
 
+from .cache import DEFAULT_CACHE_MAX_MB, CacheTooLargeError, ImageCache, cache_mode
 from .coco import COCODataset
 from .config import (
     FORMATS,
@@ -28,6 +34,7 @@ from .config import (
 )
 from .dataset import DatasetError, DetectionDataset, LabelError, LoadReport, Record, read_image
 from .loader import Batch, DetectionLoader, ImageMeta, build_loader, collate, to_original
+from .mosaic import Mosaic, MosaicParams, MosaicTile
 from .synthetic import SyntheticDataset
 from .transforms import DetectionTransform, Letterbox, LetterboxParams
 from .voc import VOCDataset
@@ -38,17 +45,22 @@ __all__ = [
     "FORMATS",
     "Batch",
     "COCODataset",
+    "CacheTooLargeError",
     "DataConfig",
     "DataConfigError",
     "DatasetError",
     "DetectionDataset",
     "DetectionLoader",
     "DetectionTransform",
+    "ImageCache",
     "ImageMeta",
     "LabelError",
     "Letterbox",
     "LetterboxParams",
     "LoadReport",
+    "Mosaic",
+    "MosaicParams",
+    "MosaicTile",
     "Record",
     "SyntheticConfig",
     "SyntheticDataset",
@@ -57,6 +69,7 @@ __all__ = [
     "YOLODataset",
     "build_dataset",
     "build_loader",
+    "cache_mode",
     "collate",
     "data_config_from_dict",
     "load_data_config",
@@ -95,8 +108,21 @@ def build_dataset(
         strict: raise on every file-level problem instead of skipping and counting it.
         seed: seed of the training augmentation (per sample: ``(seed, epoch, index)``, see
             ``DetectionDataset.set_epoch``) and of the synthetic images when their config has none.
-        **kwargs: ``scale_range`` / ``flip_p`` for the training transform.
+        **kwargs: ``scale_range`` / ``flip_p`` for the training transform; ``mosaic`` (probability),
+            ``mosaic_close_epoch`` and ``hsv`` (colour jitter amplitudes) for the training
+            augmentation (see :class:`DetectionDataset`); ``cache`` (``False`` | ``True`` /
+            ``"ram"`` | ``"resize"``) and ``cache_max_mb`` to decode every image into RAM now
+            (:mod:`assignlab.data.cache`; refused with ``CacheTooLargeError`` above the limit).
     """
+    cache = kwargs.pop("cache", False)
+    cache_max_mb = kwargs.pop("cache_max_mb", DEFAULT_CACHE_MAX_MB)
+    ds = _build(cfg, split, img_size, train, merge_classes, strict, seed, **kwargs)
+    if cache_mode(cache) is not None:
+        ds.cache_images(cache, cache_max_mb)
+    return ds
+
+
+def _build(cfg, split, img_size, train, merge_classes, strict, seed, **kwargs) -> DetectionDataset:
     if cfg is None:
         cfg = DataConfig()
     merge = bool(merge_classes or cfg.merge_classes)

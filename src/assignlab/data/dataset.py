@@ -58,7 +58,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..core.groundtruth import BadBoxError
+from .cache import DEFAULT_CACHE_MAX_MB, ImageCache, build_image_cache
+from .color import hsv_enabled, random_hsv
 from .loader import ImageMeta
+from .mosaic import Mosaic, MosaicTile, tile_shape
 from .transforms import DetectionTransform
 
 if TYPE_CHECKING:
@@ -194,10 +197,25 @@ class DetectionDataset(Dataset):
     ``(image (3, S, S) float32 in [0, 1], {"boxes", "labels", "ignore", "ignore_labels", "meta"})``
     with letterboxed boxes.
 
+    Training augmentation (``train=True`` only; the defaults keep the plain letterbox + scale
+    jitter + flip pipeline bit-for-bit):
+
+    * ``mosaic``: probability of a four-image :class:`~assignlab.data.mosaic.Mosaic` sample
+      (the indexed image + three drawn from the sample's generator); ``mosaic_close_epoch``: first
+      epoch (0-based, see :meth:`set_epoch`) from which mosaic is off (Ultralytics
+      ``close_mosaic``; None = never);
+    * ``hsv``: ``(h, s, v)`` colour jitter amplitudes (:mod:`assignlab.data.color`), after the
+      geometric steps, also on mosaic samples.
+
+    Every random choice of sample ``i`` comes from one generator seeded with ``(seed, epoch, i)``,
+    in the order: mosaic decision (only when ``mosaic > 0`` and mosaic is on this epoch), then the
+    mosaic or letterbox parameters, then the flip, then the colour gains (only when ``hsv`` is on).
+
     Attributes:
         names: class names (``[merge_name]`` after ``merge_classes``).
         report: the :class:`LoadReport` of this dataset.
-        split, format, img_size, train, strict.
+        split, format, img_size, train, strict, mosaic, mosaic_close_epoch, hsv.
+        image_cache: the :class:`~assignlab.data.cache.ImageCache` once :meth:`cache_images` ran.
     """
 
     format = ""
@@ -218,9 +236,18 @@ class DetectionDataset(Dataset):
         scale_range: tuple[float, float] = (0.5, 1.5),
         flip_p: float = 0.5,
         seed: int = 0,
+        mosaic: float = 0.0,
+        mosaic_close_epoch: int | None = None,
+        hsv: Sequence[float] | None = None,
     ) -> None:
         if img_size < 1:
             raise ValueError(f"img_size must be >= 1, got {img_size}")
+        if isinstance(mosaic, bool) or not 0.0 <= float(mosaic) <= 1.0:
+            raise ValueError(f"mosaic must be a probability in [0, 1], got {mosaic!r}")
+        if hsv is not None:
+            hsv = tuple(float(x) for x in hsv)
+            if len(hsv) != 3 or not all(0.0 <= x <= 1.0 for x in hsv):
+                raise ValueError(f"hsv must be three gains (h, s, v) in [0, 1], got {hsv!r}")
         self.source_names = list(names)
         self.num_source_classes = len(self.source_names)
         self.merge_classes = merge_classes
@@ -238,11 +265,45 @@ class DetectionDataset(Dataset):
         self._coco_gt: dict | None = None
         self.seed = int(seed)
         self.epoch = 0
+        self.mosaic = float(mosaic)
+        self.mosaic_close_epoch = None if mosaic_close_epoch is None else int(mosaic_close_epoch)
+        self.hsv = hsv
+        self.mosaic_transform = Mosaic(img_size, scale_range=scale_range, flip_p=flip_p) if self.mosaic > 0 else None
+        self.image_cache: ImageCache | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Training augmentation of sample ``i`` is drawn from a generator seeded with
         ``(seed, epoch, i)``: reproducible whatever the number of workers; new each epoch."""
         self.epoch = int(epoch)
+
+    @property
+    def mosaic_active(self) -> bool:
+        """Mosaic is drawn this epoch: training, ``mosaic > 0`` and before ``mosaic_close_epoch``."""
+        return (
+            self.train
+            and self.mosaic > 0
+            and (self.mosaic_close_epoch is None or self.epoch < self.mosaic_close_epoch)
+        )
+
+    def cache_images(self, mode: bool | str = "ram", max_mb: float = DEFAULT_CACHE_MAX_MB) -> ImageCache | None:
+        """Decode every image into a RAM cache now (see :mod:`assignlab.data.cache`; ``mode``
+        ``"ram"`` / ``True`` keeps originals, ``"resize"`` resizes the long side to ``img_size``,
+        ``False`` drops the cache). Call it in the main process before building the loader.
+
+        Raises:
+            CacheTooLargeError: the estimated size exceeds ``max_mb``.
+        """
+        self.image_cache = build_image_cache(self, mode, max_mb)
+        return self.image_cache
+
+    def _load(self, i: int) -> tuple[Tensor, tuple[int, int] | None]:
+        """``(image (3, h, w) uint8, original (h, w) or None = the image's own size)``, from the
+        cache when it holds image ``i``."""
+        if self.image_cache is not None:
+            hit = self.image_cache.get(i)
+            if hit is not None:
+                return hit
+        return self.load_image(i), None
 
     def _generator(self, i: int) -> torch.Generator | None:
         if not self.train:
@@ -464,14 +525,17 @@ class DetectionDataset(Dataset):
         try:
             rec = self.record(i)
             path = rec.path
+            gen = self._generator(i)
+            if gen is not None and self.mosaic_active and float(torch.rand((), generator=gen)) < self.mosaic:
+                return self._mosaic_sample(i, gen)
             try:
-                image = self.load_image(i)
+                image, orig = self._load(i)
             except Exception as e:  # noqa: BLE001 - decoder errors of any type
                 msg = f"{self.name}: cannot decode image {path}: {type(e).__name__}: {e}"
                 if self.strict:
                     raise DatasetError(msg) from e
                 return self._replacement(i, rec, msg, attempts)
-            return self._sample(image, self.load_annotations(i), rec, i)
+            return self._sample(image, self.load_annotations(i), rec, i, gen, orig)
         except DatasetError:
             raise
         except Exception as e:
@@ -500,14 +564,28 @@ class DetectionDataset(Dataset):
         target["meta"].error = f"{msg}; replaced by a gray image without boxes"
         return image, target
 
-    def _sample(self, image: Tensor, ann: dict, rec: Record, index: int) -> tuple[Tensor, dict]:
+    def _sample(
+        self,
+        image: Tensor,
+        ann: dict,
+        rec: Record,
+        index: int,
+        generator: torch.Generator | None = None,
+        orig_size: tuple[int, int] | None = None,
+    ) -> tuple[Tensor, dict]:
+        """Letterbox (+ jitter, flip, colour) one image; ``orig_size`` when ``image`` is a resized
+        cached copy; ``generator`` continues the sample's random stream (a new one when None)."""
+        if generator is None:
+            generator = self._generator(index)
+        if orig_size is None:
+            orig_size = (int(image.shape[-2]), int(image.shape[-1]))
         out = self.transform(
-            image, ann["boxes"], ann["labels"], ann["ignore"], ann["ignore_labels"], self._generator(index)
+            image, ann["boxes"], ann["labels"], ann["ignore"], ann["ignore_labels"], generator, orig_size=orig_size
         )
         meta = ImageMeta(
             path=rec.path,
             image_id=rec.image_id,
-            orig_size=(int(image.shape[-2]), int(image.shape[-1])),
+            orig_size=orig_size,
             scale=float(out.params.scale),
             pad=(float(out.params.pad[0]), float(out.params.pad[1])),
             flipped=out.flipped,
@@ -520,7 +598,77 @@ class DetectionDataset(Dataset):
             "meta": meta,
             "num_dropped": out.num_dropped,
         }
-        return out.image, target
+        return self._color(out.image, generator), target
+
+    def _color(self, image: Tensor, generator: torch.Generator | None) -> Tensor:
+        if generator is None or not hsv_enabled(self.hsv):
+            return image
+        return random_hsv(image, self.hsv, generator)
+
+    def _mosaic_tile(self, j: int) -> tuple[int, Tensor, tuple[int, int], str | None]:
+        """``(index used, image, original size, error)`` for mosaic tile ``j``: an undecodable
+        image is replaced by the next readable one (``DatasetError`` when strict)."""
+        err = None
+        for k in range(min(len(self), 11)):
+            jj = (j + k) % len(self)
+            try:
+                image, orig = self._load(jj)
+            except Exception as e:  # noqa: BLE001 - decoder errors of any type
+                msg = f"{self.name}: cannot decode image {self.record(jj).path}: {type(e).__name__}: {e}"
+                if self.strict:
+                    raise DatasetError(msg) from e
+                logger.warning("%s (replaced in a mosaic)", msg)
+                self.report.add("unreadable_at_load", self.record(jj).path, log=False)
+                err = err or msg
+                continue
+            if orig is None:
+                orig = (int(image.shape[-2]), int(image.shape[-1]))
+            return jj, image, orig, (f"{err}; replaced by {self.record(jj).path}" if err else None)
+        raise DatasetError(f"{self.name}: no readable image for a mosaic near index {j}: {err}")
+
+    def _mosaic_sample(self, i: int, generator: torch.Generator) -> tuple[Tensor, dict]:
+        """A four-image mosaic sample: image ``i`` top left, three others drawn from ``generator``."""
+        mt = self.mosaic_transform
+        if mt is None:  # mosaic switched on after construction
+            mt = self.mosaic_transform = Mosaic(
+                self.img_size, scale_range=self.transform.letterbox.scale_range or (0.5, 1.5),
+                flip_p=self.transform.flip_p,
+            )
+        others, params = mt.sample(len(self), generator)
+        tiles, used, errors = [], [], []
+        for j in [i, *others]:
+            jj, image, orig, err = self._mosaic_tile(j)
+            ann = self.load_annotations(jj)
+            tiles.append(MosaicTile(image, orig, ann["boxes"], ann["labels"], ann["ignore"], ann["ignore_labels"]))
+            used.append(jj)
+            if err:
+                errors.append(err)
+        out = mt(params, tiles)
+        rec0 = self.record(used[0])
+        # the first tile's letterbox-like mapping: out = orig * scale + pad (before the flip)
+        h0, w0 = tiles[0].orig_size
+        r0 = min(self.img_size / h0, self.img_size / w0)
+        (x1, y1, _, _) = mt.tile_rects(params, [tile_shape(t.orig_size, self.img_size) for t in tiles])[0]
+        x0, y0, _ = params.window
+        meta = ImageMeta(
+            path=rec0.path,
+            image_id=rec0.image_id,
+            orig_size=(int(h0), int(w0)),
+            scale=float(r0 * params.ratio),
+            pad=(float((x1 - x0) * params.ratio), float((y1 - y0) * params.ratio)),
+            flipped=params.flipped,
+            error="; ".join(errors) if errors else None,
+            mosaic=tuple(used),
+        )
+        target = {
+            "boxes": out.boxes,
+            "labels": out.labels,
+            "ignore": out.ignore,
+            "ignore_labels": out.ignore_labels,
+            "meta": meta,
+            "num_dropped": out.num_dropped,
+        }
+        return self._color(out.image, generator), target
 
     # ------------------------------------------------------------------ evaluation
     def category_id(self, label: int) -> int:

@@ -47,6 +47,9 @@ class ImageMeta:
         error: set when the image could not be read and was replaced (training: by the next
             readable image, whose path is in ``path``; evaluation: by a gray image without boxes);
             the message names the unreadable file.
+        mosaic: dataset indices of the four tiles of a mosaic training sample (tile 0 = the
+            indexed image, top left), else None. For a mosaic sample ``scale`` / ``pad`` map the
+            first tile only (``orig_size`` is its size).
     """
 
     path: str
@@ -56,6 +59,7 @@ class ImageMeta:
     pad: tuple[float, float]
     flipped: bool = False
     error: str | None = None
+    mosaic: tuple[int, ...] | None = None
 
 
 def to_original(boxes: Tensor, meta: ImageMeta, size: int | None = None) -> Tensor:

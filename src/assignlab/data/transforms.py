@@ -221,12 +221,18 @@ class DetectionTransform:
         ignore: Tensor | None = None,
         ignore_labels: Tensor | None = None,
         generator: torch.Generator | None = None,
+        orig_size: tuple[int, int] | None = None,
     ) -> TransformOutput:
         """``image`` (3, h, w) uint8 or float; ``boxes`` (G, 4) xyxy original px.
 
         ``generator`` drives the random choices (torch's global generator when None).
+        ``orig_size``: ``(h, w)`` the boxes refer to when ``image`` is a resized copy (e.g. from a
+        ``resize`` image cache); default: the image's own size.
         """
-        h, w = int(image.shape[-2]), int(image.shape[-1])
+        if orig_size is None:
+            h, w = int(image.shape[-2]), int(image.shape[-1])
+        else:
+            h, w = int(orig_size[0]), int(orig_size[1])
         params, flipped = self.sample((h, w), generator)
         img = self.letterbox.transform(tv_tensors.Image(image), {"lb": params})
         if flipped:
