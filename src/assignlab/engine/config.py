@@ -57,6 +57,14 @@ class TrainConfig:
         data: data YAML (``None`` = synthetic data). train_split / val_split: split names.
         merge_classes: merge all classes into one (e.g. "face"). strict: refuse bad annotations
             instead of dropping them with a warning.
+    Augmentation and data loading (training split; the defaults keep the plain letterbox + scale
+    jitter + flip pipeline unchanged):
+        mosaic: probability of a 4-image mosaic sample (0 = off; Ultralytics uses 1.0);
+        close_mosaic: no mosaic in the last N epochs (Ultralytics 10); hsv: ``[h, s, v]`` colour
+        jitter amplitudes (None = off; Ultralytics ``[0.015, 0.7, 0.4]``); cache: decode all images
+        into RAM at start, false | true (= "ram", bit-identical samples) | "resize" (long side =
+        img), also for the validation split; cache_max_mb: refuse a cache estimated larger than
+        this (``assignlab.data.cache``).
     Assignment and loss:
         assigner: CLI name from ``assignlab.assigners.ASSIGNERS``; assigner_opts: constructor kwargs.
         loss: loss name (a preset of ``assignlab.losses.detection`` or a classification loss
@@ -88,6 +96,11 @@ class TrainConfig:
     val_split: str = "val"
     merge_classes: bool = False
     strict: bool = False
+    mosaic: float = 0.0
+    close_mosaic: int = 0
+    hsv: list[float] | None = None
+    cache: bool | str = False
+    cache_max_mb: float = 4096.0
 
     assigner: str = "atss"
     assigner_opts: dict[str, Any] = field(default_factory=dict)
@@ -147,7 +160,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 }
 
 #: Keys that may differ between a run and its resumption (they do not change the result).
-RESUME_MUTABLE = frozenset({"resume", "workers", "device", "out", "data"})
+RESUME_MUTABLE = frozenset({"resume", "workers", "device", "out", "data", "cache_max_mb"})
 
 
 def allowed_keys() -> list[str]:
@@ -223,6 +236,27 @@ def _as_float(name: str, v: Any, lo: float | None = None, hi: float | None = Non
     if hi is not None and v > hi:
         raise ConfigError(f"{name} must be <= {hi}, got {v}")
     return v
+
+
+def _as_hsv(v: Any) -> list[float] | None:
+    """``hsv``: null or three amplitudes ``[h, s, v]`` in [0, 1] (``"[0.015, 0.7, 0.4]"`` parsed)."""
+    v = _parse_value(v)
+    if v is None:
+        return None
+    if not isinstance(v, (list, tuple)) or len(v) != 3:
+        raise ConfigError(f"hsv must be null or a list of three gains [h, s, v] in [0, 1], got {v!r}")
+    return [_as_float(f"hsv[{k}] ({'hsv'[k]})", x, lo=0.0, hi=1.0) for k, x in enumerate(v)]
+
+
+def _as_cache(v: Any) -> bool | str:
+    """``cache``: false | true (= "ram") | "ram" | "resize" -> False, "ram" or "resize"."""
+    from ..data.cache import cache_mode
+
+    try:
+        m = cache_mode(v)  # also reads the strings "true" / "false" / "off"
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return False if m is None else m
 
 
 def _as_str(name: str, v: Any, allow_none: bool = False) -> str | None:
@@ -311,6 +345,11 @@ def _validate(d: dict[str, Any]) -> TrainConfig:
     c.val_split = _as_str("val_split", c.val_split)
     c.merge_classes = _as_bool("merge_classes", c.merge_classes)
     c.strict = _as_bool("strict", c.strict)
+    c.mosaic = _as_float("mosaic", c.mosaic, lo=0.0, hi=1.0)
+    c.close_mosaic = _as_int("close_mosaic", c.close_mosaic, lo=0)
+    c.hsv = _as_hsv(c.hsv)
+    c.cache = _as_cache(c.cache)
+    c.cache_max_mb = _as_float("cache_max_mb", c.cache_max_mb, lo=0.0, lo_open=True)
 
     for k, choices in _CHOICES.items():
         v = getattr(c, k)

@@ -441,7 +441,14 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
     # data
     dcfg = load_data_config(cfg.data)
     kw = {"merge_classes": cfg.merge_classes, "strict": cfg.strict, "seed": cfg.seed}
-    train_ds = build_dataset(dcfg, cfg.train_split, cfg.img, train=True, **kw)
+    if cfg.cache:  # decoded images in RAM (built here, before any loader worker forks)
+        kw.update(cache=cfg.cache, cache_max_mb=cfg.cache_max_mb)
+    aug: dict[str, Any] = {}  # optional training augmentation; absent = the default pipeline
+    if cfg.mosaic > 0:  # mosaic is off from epoch index epochs - close_mosaic on (set_epoch)
+        aug.update(mosaic=cfg.mosaic, mosaic_close_epoch=cfg.epochs - cfg.close_mosaic if cfg.close_mosaic else None)
+    if cfg.hsv and any(cfg.hsv):
+        aug["hsv"] = tuple(cfg.hsv)
+    train_ds = build_dataset(dcfg, cfg.train_split, cfg.img, train=True, **kw, **aug)
     val_ds = build_dataset(dcfg, cfg.val_split, cfg.img, train=False, **kw) if d.main else None
     names = list(train_ds.names)
     if ck is not None and ck.get("names") and list(ck["names"]) != names:
@@ -517,6 +524,10 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
                 f"{f' {cfg.assigner_opts}' if cfg.assigner_opts else ''}, loss {cfg.loss}"
                 f"{f' {cfg.loss_opts}' if cfg.loss_opts else ''}; device {device}"
                 f"{f' x{d.world} processes' if d.world > 1 else ''}, amp {amp}; {steps_per_epoch} steps/epoch")
+        if aug or cfg.cache:
+            _say(d, f"augmentation: {aug or 'default'}"
+                    f"{f', close_mosaic {cfg.close_mosaic}' if cfg.mosaic > 0 and cfg.close_mosaic else ''}; "
+                    f"image cache {cfg.cache or 'off'}")
 
     last_metrics: dict[str, float] = {}
     bad_steps = 0
