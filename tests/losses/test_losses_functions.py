@@ -140,6 +140,38 @@ def test_classification_losses_finite_at_saturation(name):
     assert torch.isfinite(logits.grad).all()
 
 
+def test_exponents_below_one_have_finite_gradients():
+    """Regression (issue #7 fuzz): with gamma / beta in (0, 1) the modulating factor is 0 at a
+    saturated or exactly-on-target prediction, and autograd's ``0 ** (gamma - 1) = inf`` made the
+    gradient NaN. Values are unchanged; the gradient there is 0."""
+    r2 = math.sqrt(0.5)
+    # focal, gamma 0.5: logit 30 / target 1 (sigmoid(30) == 1 in float32) -> loss 0, gradient 0;
+    # logit 0 / target 1: alpha_t 0.25 * sqrt(1 - 0.5) * BCE log 2
+    x = torch.tensor([30.0, 0.0], requires_grad=True)
+    loss = sigmoid_focal_loss(x, torch.tensor([1.0, 1.0]), gamma=0.5)
+    assert loss.tolist() == pytest.approx([0.0, 0.25 * r2 * LN2], abs=1e-7, rel=1e-6)
+    loss.sum().backward()
+    assert x.grad[0].item() == 0.0 and math.isfinite(x.grad[1].item())
+    # same values as torchvision's formula away from the saturated point
+    from torchvision.ops import sigmoid_focal_loss as tv_focal
+
+    z, t = torch.linspace(-4, 4, 9), torch.rand(9, generator=torch.Generator().manual_seed(0))
+    for alpha in (0.25, -1.0):
+        assert torch.allclose(sigmoid_focal_loss(z, t, alpha, 0.5), tv_focal(z, t, alpha, 0.5), rtol=1e-6, atol=1e-7)
+    # QFL, beta 0.5: sigma = y = 0.5 -> factor 0 -> loss 0 and gradient 0; y = 0.75 -> sqrt(0.25) * log 2
+    x = torch.tensor([0.0, 0.0], requires_grad=True)
+    loss = quality_focal_loss(x, torch.tensor([0.5, 0.75]), beta=0.5)
+    assert loss.tolist() == pytest.approx([0.0, 0.5 * LN2], abs=1e-7, rel=1e-6)
+    loss.sum().backward()
+    assert x.grad[0].item() == 0.0 and math.isfinite(x.grad[1].item())
+    # VFL, gamma 0.5: positive at logit 30 / q 1 (the unused negative branch was NaN), negative at 0
+    x = torch.tensor([30.0, 0.0], requires_grad=True)
+    loss = varifocal_loss(x, torch.tensor([1.0, 0.0]), gamma=0.5)
+    assert loss[1].item() == pytest.approx(0.75 * r2 * LN2, rel=1e-6)
+    loss.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 # ----------------------------------------------------------------------------- DFL
 def test_dfl_worked_example_and_integral():
     logits = torch.zeros(1, 5)

@@ -16,17 +16,41 @@ Targets may be hard (0/1) or soft (in [0, 1]); both use the same formula, which 
 mmdetection's ``py_sigmoid_focal_loss`` and ``torchvision.ops.sigmoid_focal_loss`` compute (we call
 the latter). Integer class ids (``C`` = background) are one-hot encoded first. Ignored priors
 contribute nothing: give them weight 0 (``Assignment.cls_weight`` already is).
+
+Exponents below 1: the modulating factor ``(1 - p_t) ** gamma`` is exactly 0 for a saturated
+correct prediction (``sigmoid(30) == 1.0`` in float32), where autograd's derivative of ``x ** gamma``
+is ``gamma * 0 ** (gamma - 1) = inf`` for ``0 < gamma < 1``; times the zero derivative of ``p_t`` it
+is NaN. :func:`modulating_pow` (also used by QFL and VFL) takes the gradient 0 there, and the focal
+loss is then computed here instead of by torchvision (same formula; ``gamma = 0`` or ``>= 1`` still
+call torchvision, whose gradients are finite). Example, ``gamma = 0.5``, logit 30, target 1: loss
+0, gradient 0 (NaN before).
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
 
 from .reduce import ElementwiseLoss
 from .targets import class_one_hot
 
-__all__ = ["FocalLoss", "sigmoid_focal_loss"]
+__all__ = ["FocalLoss", "modulating_pow", "sigmoid_focal_loss"]
+
+
+def modulating_pow(base: Tensor, exponent: float) -> Tensor:
+    """``base ** exponent`` for a modulating factor ``base >= 0``, with gradient 0 (not NaN)
+    where ``base`` is 0 (see the module docstring); a negative ``base`` (rounding) counts as 0.
+
+    Forward values equal ``base.pow(exponent)`` (``0 ** 0 = 1``). Example: ``modulating_pow(
+    tensor([0.0, 0.25]), 0.5)`` -> ``[0.0, 0.5]``, gradient ``[0.0, 1.0]``.
+    """
+    if exponent == 0:
+        return torch.ones_like(base)
+    pos = base > 0
+    safe = torch.where(pos, base, torch.ones_like(base))
+    return torch.where(pos, safe.pow(exponent), torch.zeros_like(base))
 
 
 def sigmoid_focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -37,7 +61,15 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25, gamm
     """
     if not target.is_floating_point() and target.dim() == logits.dim() - 1:
         target = class_one_hot(target, logits.shape[-1], logits.dtype)
-    return _tv_sigmoid_focal_loss(logits, target.to(logits.dtype), alpha=alpha, gamma=gamma, reduction="none")
+    target = target.to(logits.dtype)
+    if gamma == 0 or gamma >= 1:
+        return _tv_sigmoid_focal_loss(logits, target, alpha=alpha, gamma=gamma, reduction="none")
+    p = logits.sigmoid()
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * modulating_pow(1 - p_t, gamma)
+    if alpha >= 0:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss
 
 
 class FocalLoss(ElementwiseLoss):

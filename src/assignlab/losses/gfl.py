@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .focal import modulating_pow
 from .reduce import ElementwiseLoss, weight_reduce
 from .targets import class_one_hot
 
@@ -60,7 +61,7 @@ def quality_focal_loss(logits: Tensor, target: Tensor, beta: float = 2.0) -> Ten
     One formula covers positives and negatives: ``BCE(x, y) * |y - sigmoid(x)|**beta``.
     """
     target = target.to(logits.dtype)
-    scale = (target - logits.sigmoid()).abs().pow(beta)
+    scale = modulating_pow((target - logits.sigmoid()).abs(), beta)  # finite gradient at sigma == y
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * scale
 
 

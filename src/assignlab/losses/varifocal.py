@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .focal import modulating_pow
 from .reduce import ElementwiseLoss
 
 __all__ = ["VarifocalLoss", "varifocal_loss"]
@@ -33,7 +34,7 @@ def varifocal_loss(
     """Elementwise VFL, ``target`` the IoU-aware soft target of the same shape as ``logits``."""
     target = target.to(logits.dtype)
     pos = target > 0
-    neg_w = alpha * (logits.sigmoid() - target).abs().pow(gamma)
+    neg_w = alpha * modulating_pow((logits.sigmoid() - target).abs(), gamma)  # finite gradient at sigma == q
     pos_w = target if iou_weighted else torch.ones_like(target)
     weight = torch.where(pos, pos_w, neg_w)
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
