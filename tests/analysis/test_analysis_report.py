@@ -266,9 +266,12 @@ def test_config_validation_lists_allowed_keys():
     _err({**ok, "data": 3}, "data must be null")
     _err({**ok, "threads": 0}, "threads must be an integer >= 1")
     _err({**ok, "data": {"format": "synthetic", "colour": 1}}, "data: .*colour")
-    # the model is built once at validation: one anchor per point
+    # the model is built once at validation: anchors on the anchor-free head are refused there
+    _err({"runs": [{"name": "a", "assigner": "atss", "loss": "focal", "head": "free",
+                    "anchors": [[[1, 2]], [[5, 6]], [[7, 8]]]}]}, r"run 'a': model: anchors must be None for head='free'")
+    # and the train config refuses different anchor counts per level
     _err({"runs": [{"name": "a", "assigner": "yolov5", "loss": "yolov5", "head": "anchor",
-                    "anchors": [[[1, 2], [3, 4]], [[5, 6]], [[7, 8]]]}]}, r"run 'a': model: anchors")
+                    "anchors": [[[1, 2], [3, 4]], [[5, 6]], [[7, 8]]]}]}, r"run 'a' \(seed 0\): anchors must have the same number")
 
 
 def test_opts_merge_base_and_run(tmp_path):
@@ -335,9 +338,9 @@ def test_cli_check_and_errors(tmp_path, capsys):
     assert main(["compare", str(REPO / "configs" / "compare" / "facemask.yaml"), "--check",
                  "--out", str(tmp_path / "fm")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "facemask.yaml: 20 run(s) x 2 seed(s), data " in lines[0]
+    assert "facemask.yaml: 22 run(s) x 2 seed(s), data " in lines[0]
     assert lines[0].endswith(f"(voc), out {tmp_path / 'fm'}")
-    assert sum(ln.startswith("[") and "] new: assignlab train " in ln for ln in lines) == 40
+    assert sum(ln.startswith("[") and "] new: assignlab train " in ln for ln in lines) == 44
 
 
 # ---------------------------------------------------------------------------------- WIDER FACE
