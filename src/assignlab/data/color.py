@@ -55,13 +55,48 @@ def hsv_to_rgb(hsv: Tensor) -> Tensor:
 
 
 def hsv_gain(image: Tensor, gains: Sequence[float] | Tensor) -> Tensor:
-    """Multiply hue (mod 1), saturation and value of a float RGB image ``(3, H, W)`` by ``gains``."""
+    """Multiply hue (mod 1), saturation and value of a float RGB image ``(3, H, W)`` by ``gains``.
+
+    Equal to ``hsv_to_rgb`` of the scaled ``rgb_to_hsv`` (tested), computed without building the
+    HSV planes: with ``v = max``, ``d = max - min`` and the hue ``h6 = 6 h`` in sextants,
+    ``v' = min(v g_v, 1)``, ``v' s' = min(v' d g_s / v, v')`` and channel ``n`` (5, 3, 1 for
+    R, G, B) is ``v' - v' s' clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + h6 g_h) mod 6``
+    Processed in blocks of 64 rows so that the temporaries stay in the CPU cache (about half the
+    CPU time of the plain round trip at 320 x 320).
+    """
     gh, gs, gv = (float(x) for x in gains)
-    hsv = rgb_to_hsv(image)
-    h = torch.remainder(hsv[0] * gh, 1.0)
-    s = (hsv[1] * gs).clamp_(0.0, 1.0)
-    v = (hsv[2] * gv).clamp_(0.0, 1.0)
-    return hsv_to_rgb(torch.stack([h, s, v])).clamp_(0.0, 1.0)
+    if image.shape[-2] <= _BLOCK_ROWS:
+        return _hsv_gain_block(image, gh, gs, gv)
+    out = torch.empty_like(image)
+    for y in range(0, image.shape[-2], _BLOCK_ROWS):
+        out[:, y : y + _BLOCK_ROWS] = _hsv_gain_block(image[:, y : y + _BLOCK_ROWS], gh, gs, gv)
+    return out
+
+
+_BLOCK_ROWS = 64
+
+
+def _hsv_gain_block(image: Tensor, gh: float, gs: float, gv: float) -> Tensor:
+    r, g, b = image.unbind(0)
+    v = torch.maximum(torch.maximum(r, g), b)
+    d = v - torch.minimum(torch.minimum(r, g), b)
+    # 6 * hue: (g - b) / d (red is the max), (b - r) / d + 2 (green), (r - g) / d + 4 (blue);
+    # masks as 0/1 floats and floor-based "mod" (several times faster than where / remainder)
+    is_r = (v == r).to(image.dtype)
+    is_g = (v == g).to(image.dtype) * (1 - is_r)
+    is_b = 1 - is_r - is_g
+    h6 = (is_r * (g - b) + is_g * (b - r + 2 * d) + is_b * (r - g + 4 * d)) / d.clamp_min(1e-12)
+    h6 = _mod6((h6 + 6.0 * (h6 < 0)) * gh)
+    vn = (v * gv).clamp_(max=1.0)
+    vs = torch.minimum(vn * d * gs / v.clamp_min(1e-12), vn)  # v' * s'
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=image.dtype, device=image.device).view(3, 1, 1)
+    k = _mod6(h6 + n)
+    t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return (vn - vs * t).clamp_(0.0, 1.0)
+
+
+def _mod6(x: Tensor) -> Tensor:
+    return x - torch.floor(x * (1.0 / 6.0)) * 6.0
 
 
 def hsv_enabled(hsv: Sequence[float] | None) -> bool:
