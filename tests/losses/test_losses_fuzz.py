@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -344,12 +346,12 @@ def test_every_preset_on_real_assignments(preset, data, kind):
             assert parts["box"].item() == 0 and parts["dfl"].item() == 0
 
 
-@SETTINGS
+@pytest.mark.parametrize("cls_loss", sorted(LOSSES))
+@settings(SETTINGS, max_examples=20)
 @given(
     data=st.data(),
     kind=st.sampled_from(["anchor", "free"]),
     box_loss=st.sampled_from(["iou", "giou", "diou", "ciou"]),
-    cls_loss=st.sampled_from(sorted(LOSSES)),
     normalize=st.sampled_from(["num_pos", "target_sum", "none"]),
     iou_target=st.booleans(),
     gr=st.sampled_from([0.0, 0.5, 1.0]),
@@ -358,7 +360,7 @@ def test_every_preset_on_real_assignments(preset, data, kind):
     ciou=st.sampled_from([None, MMDET_CIOU, ULTRALYTICS_CIOU]),
     obj_loss=st.sampled_from([None, False, True]),
 )
-def test_detection_loss_options(data, kind, box_loss, cls_loss, normalize, iou_target, gr, ema, ohem, ciou,
+def test_detection_loss_options(cls_loss, data, kind, box_loss, normalize, iou_target, gr, ema, ohem, ciou,
                                 obj_loss):
     p = data.draw(problems(head=kind), label="problem")
     name, kw = data.draw(assigners_for(kind), label="assigner")
@@ -638,3 +640,76 @@ def test_ohem_and_normalizers(p, ratio, min_neg, mode, ema, min_value):
     assert all(math.isfinite(v) for v in rep.values())
     mon.warnings()
     mon.format()
+
+
+# ------------------------------------------------------------------------------ configuration
+#: Every loss class with a constructor; their numeric scalar parameters are found by introspection.
+LOSS_CLASSES = [DetectionLoss, V8DetectionLoss, YOLOv5Loss, BCEWithLogitsLoss, FocalLoss, QualityFocalLoss,
+                VarifocalLoss, DistributionFocalLoss, IoULoss, GIoULoss, DIoULoss, CIoULoss, ObjectnessLoss, OHEM,
+                Normalizer, LossBalanceMonitor]
+NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _numeric_params(cls) -> list[str]:
+    out = []
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        alternatives = {a.strip() for a in str(p.annotation).strip("'\"").split("|")}
+        if alternatives & {"float", "int"}:
+            out.append(p.name)
+    return out
+
+
+def _config_cases() -> list:
+    cases = [(cls, {name: None}, name) for cls in LOSS_CLASSES for name in _numeric_params(cls)]
+    nested = [  # (class, kwargs with None standing for the bad value, name in the message)
+        (DetectionLoss, {"weights": {"box": None}}, "weights"),
+        (DetectionLoss, {"level_balance": (4.0, None, 0.4)}, "level_balance"),
+        (DetectionLoss, {"cls_loss": "focal", "cls_kwargs": {"gamma": None}}, "gamma"),
+        (DetectionLoss, {"cls_loss": "qfl", "cls_kwargs": {"beta": None}}, "beta"),
+        (DetectionLoss, {"ciou_kwargs": dict(MMDET_CIOU, alpha_iou_threshold=None)}, "alpha_iou_threshold"),
+        (V8DetectionLoss, {"weights": {"dfl": None}}, "weights"),
+        (V8DetectionLoss, {"box_eps": None}, "box_eps"),
+        (YOLOv5Loss, {"balance": (None, 1.0, 0.4)}, "balance"),
+        (ObjectnessLoss, {"balance": (4.0, 1.0, None)}, "balance"),
+        (CIoULoss, {"alpha_eps": None}, "alpha_eps"),
+    ]
+    out = []
+    for cls, kw, name in cases + nested:
+        for label, v in NON_FINITE.items():
+            out.append(pytest.param(cls, kw, name, v, id=f"{cls.__name__}-{name}-{kw!s:.40}-{label}"))
+    return out
+
+
+def _fill(obj, value):
+    if obj is None:
+        return value
+    if isinstance(obj, dict):
+        return {k: _fill(v, value) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_fill(v, value) for v in obj)
+    return obj
+
+
+def test_config_introspection_finds_the_known_parameters():
+    assert {"gr", "box_eps", "normalizer_ema", "ohem_ratio"} <= set(_numeric_params(DetectionLoss))
+    assert {"box", "obj", "cls", "gr", "label_smoothing", "fl_gamma"} <= set(_numeric_params(YOLOv5Loss))
+    assert {"alpha", "gamma", "loss_weight"} <= set(_numeric_params(FocalLoss))
+    assert {"min_value", "ema_momentum"} <= set(_numeric_params(Normalizer))
+
+
+@pytest.mark.parametrize("cls,kw,name,value", _config_cases())
+def test_non_finite_loss_config_rejected(cls, kw, name, value):
+    cls(**_fill(kw, 0.5))  # the same configuration with a finite value is fine
+    with pytest.raises(ValueError, match=re.escape(name)):
+        cls(**_fill(kw, value))
+
+
+def test_non_finite_functional_arguments_rejected():
+    loss, pos = torch.rand(1, 5), torch.tensor([[True, False, False, False, False]])
+    for v in NON_FINITE.values():
+        with pytest.raises(ValueError, match="neg_pos_ratio"):
+            ohem_weights(loss, pos, neg_pos_ratio=v)
+        with pytest.raises(ValueError, match="min_negatives"):
+            ohem_weights(loss, pos, min_negatives=v)

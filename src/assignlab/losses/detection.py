@@ -48,11 +48,11 @@ from ..core import Assignment, GroundTruth, Priors
 from .bce import BCEWithLogitsLoss
 from .focal import FocalLoss
 from .gfl import QualityFocalLoss, distances_to_dfl_target, distribution_focal_loss
-from .iou import BOX_LOSSES, ULTRALYTICS_CIOU, box_iou_loss
+from .iou import BOX_LOSSES, ULTRALYTICS_CIOU, box_iou_loss, check_ciou_kwargs
 from .normalize import NORMALIZE_MODES, Normalizer
 from .objectness import YOLOV5_BALANCE, iou_objectness_target, level_balanced_mean
 from .ohem import OHEM
-from .reduce import ElementwiseLoss
+from .reduce import ElementwiseLoss, finite
 from .targets import classification_targets
 from .varifocal import VarifocalLoss
 
@@ -178,18 +178,23 @@ class DetectionLoss:
         for k, v in (weights or {}).items():
             if k not in PARTS:
                 raise ValueError(f"weights: unknown part {k!r} (parts: {PARTS})")
-            if v < 0:
+            if finite(f"weights[{k!r}]", v) < 0:
                 raise ValueError(f"weights[{k!r}] must be >= 0, got {v}")
             w[k] = float(v)
         if not 0.0 <= gr <= 1.0:
             raise ValueError(f"gr must be in [0, 1], got {gr}")
+        level_balance = [finite(f"level_balance[{i}]", b) for i, b in enumerate(level_balance)]
+        for name, v in (("normalizer_ema", normalizer_ema), ("ohem_ratio", ohem_ratio),
+                        ("ohem_min_negatives", ohem_min_negatives)):
+            if v is not None:
+                finite(name, v)
         if not level_balance or any(b < 0 for b in level_balance):
             raise ValueError(f"level_balance must be non-empty and non-negative, got {tuple(level_balance)}")
         self.cls_loss_name = cls_loss
         self.cls_loss = build_cls_loss(cls_loss, **dict(cls_kwargs or {}))
         self.box_loss = box_loss
-        self.box_eps = float(box_eps)
-        self.ciou_kwargs = dict(ULTRALYTICS_CIOU if ciou_kwargs is None else ciou_kwargs)
+        self.box_eps = finite("box_eps", box_eps)
+        self.ciou_kwargs = check_ciou_kwargs(ULTRALYTICS_CIOU if ciou_kwargs is None else ciou_kwargs, "ciou_kwargs")
         self.ciou_kwargs.pop("eps", None)
         self.obj_loss = obj_loss
         self.weights = w

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss as _tv_sigmoid_focal_loss
 
-from .reduce import ElementwiseLoss
+from .reduce import ElementwiseLoss, finite
 from .targets import class_one_hot
 
 __all__ = ["FocalLoss", "modulating_pow", "sigmoid_focal_loss"]
@@ -81,6 +81,7 @@ class FocalLoss(ElementwiseLoss):
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean",
                  loss_weight: float = 1.0) -> None:
         super().__init__(reduction, loss_weight)
+        alpha, gamma = finite("alpha", alpha), finite("gamma", gamma)
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         if alpha > 1:

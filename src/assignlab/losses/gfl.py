@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .focal import modulating_pow
-from .reduce import ElementwiseLoss, weight_reduce
+from .reduce import ElementwiseLoss, finite, weight_reduce
 from .targets import class_one_hot
 
 __all__ = [
@@ -72,6 +72,7 @@ class QualityFocalLoss(ElementwiseLoss):
 
     def __init__(self, beta: float = 2.0, reduction: str = "mean", loss_weight: float = 1.0) -> None:
         super().__init__(reduction, loss_weight)
+        beta = finite("beta", beta)
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}")
         self.beta = float(beta)

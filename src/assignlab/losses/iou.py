@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import distance_box_iou_loss, generalized_box_iou_loss
 
-from .reduce import ElementwiseLoss
+from .reduce import ElementwiseLoss, finite
 
 __all__ = [
     "BOX_LOSSES",
@@ -118,6 +118,16 @@ def complete_iou(
     return ciou.clamp(-1.0, 1.0) if clamp else ciou
 
 
+def check_ciou_kwargs(kwargs, owner: str = "") -> dict:
+    """A copy of CIoU keyword arguments whose numbers are finite (``ValueError`` naming the key,
+    as ``owner[key]`` when ``owner`` is given)."""
+    out = dict(kwargs)
+    for k, v in out.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            finite(f"{owner}[{k!r}]" if owner else k, v)
+    return out
+
+
 def aligned_iou(pred: Tensor, target: Tensor, kind: str = "ciou", eps: float = 1e-7, **ciou_kwargs) -> Tensor:
     """Similarity ``(...)`` of aligned pairs for ``kind`` in ``iou | giou | diou | ciou``
     (``ciou_kwargs`` go to :func:`complete_iou`)."""
@@ -155,8 +165,8 @@ class IoULoss(ElementwiseLoss):
         if kind != "ciou" and ciou_kwargs:
             raise ValueError(f"{sorted(ciou_kwargs)} only apply to kind='ciou'")
         self.kind = kind
-        self.eps = float(eps)
-        self.ciou_kwargs = dict(ciou_kwargs)
+        self.eps = finite("eps", eps)
+        self.ciou_kwargs = check_ciou_kwargs(ciou_kwargs)
 
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
         return box_iou_loss(pred, target, self.kind, self.eps, **self.ciou_kwargs)

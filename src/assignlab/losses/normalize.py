@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..core import Assignment
+from .reduce import finite
 
 __all__ = ["NORMALIZE_MODES", "LossBalanceMonitor", "Normalizer", "raw_normalizer"]
 
@@ -69,7 +70,7 @@ class Normalizer:
             raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {mode!r}")
         if ema_momentum is not None and not 0.0 <= ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in [0, 1), got {ema_momentum}")
-        if min_value < 0:
+        if finite("min_value", min_value) < 0:
             raise ValueError(f"min_value must be >= 0, got {min_value}")
         self.mode = mode
         self.ema_momentum = ema_momentum
@@ -127,7 +128,7 @@ class LossBalanceMonitor:
         if momentum is not None and not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1) or None, got {momentum}")
         self.momentum = momentum
-        self.warn_ratio = float(warn_ratio)
+        self.warn_ratio = finite("warn_ratio", warn_ratio)
         self.reset()
 
     def reset(self) -> None:

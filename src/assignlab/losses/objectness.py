@@ -41,6 +41,7 @@ from torch import Tensor
 
 from ..core import Priors
 from .iou import ULTRALYTICS_CIOU, complete_iou
+from .reduce import finite
 
 __all__ = [
     "YOLOV5_BALANCE",
@@ -131,6 +132,7 @@ class ObjectnessLoss:
     """
 
     def __init__(self, balance: Sequence[float] = YOLOV5_BALANCE, iou_target: bool = True, gr: float = 1.0) -> None:
+        balance = [finite(f"balance[{i}]", b) for i, b in enumerate(balance)]
         if not balance or any(b < 0 for b in balance):
             raise ValueError(f"balance must be non-empty and non-negative, got {tuple(balance)}")
         if not 0.0 <= gr <= 1.0:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..core import Assignment
+from .reduce import finite
 
 __all__ = ["OHEM", "ohem_weights"]
 
@@ -49,9 +50,9 @@ def ohem_weights(
         neg_pos_ratio: negatives kept per positive (3 in SSD).
         min_negatives: negatives kept per image at least (when it has that many).
     """
-    if neg_pos_ratio < 0:
+    if finite("neg_pos_ratio", neg_pos_ratio) < 0:
         raise ValueError(f"neg_pos_ratio must be >= 0, got {neg_pos_ratio}")
-    if min_negatives < 0:
+    if finite("min_negatives", min_negatives) < 0:
         raise ValueError(f"min_negatives must be >= 0, got {min_negatives}")
     negative = ~positive if ignore is None else ~(positive | ignore)
     num_pos = positive.sum(dim=1)
@@ -72,9 +73,9 @@ class OHEM:
     returns the ``(B, N)`` weights of :func:`ohem_weights` for that assignment."""
 
     def __init__(self, neg_pos_ratio: float = 3.0, min_negatives: int = 0) -> None:
-        if neg_pos_ratio < 0:
+        if finite("neg_pos_ratio", neg_pos_ratio) < 0:
             raise ValueError(f"neg_pos_ratio must be >= 0, got {neg_pos_ratio}")
-        if min_negatives < 0:
+        if finite("min_negatives", min_negatives) < 0:
             raise ValueError(f"min_negatives must be >= 0, got {min_negatives}")
         self.neg_pos_ratio = float(neg_pos_ratio)
         self.min_negatives = int(min_negatives)

@@ -25,13 +25,24 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["REDUCTIONS", "ElementwiseLoss", "weight_reduce"]
+__all__ = ["REDUCTIONS", "ElementwiseLoss", "finite", "weight_reduce"]
 
 REDUCTIONS = ("none", "mean", "sum")
 _EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def finite(name: str, value: float) -> float:
+    """``float(value)``; ``ValueError`` naming ``name`` when it is NaN or infinite (the loss
+    constructors validate every float hyper-parameter with it)."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return v
 
 
 def weight_reduce(
@@ -76,7 +87,7 @@ class ElementwiseLoss(nn.Module):
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
-        self.loss_weight = float(loss_weight)
+        self.loss_weight = finite("loss_weight", loss_weight)
 
     def elementwise(self, pred: Tensor, target, **kwargs) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

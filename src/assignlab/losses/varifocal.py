@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .focal import modulating_pow
-from .reduce import ElementwiseLoss
+from .reduce import ElementwiseLoss, finite
 
 __all__ = ["VarifocalLoss", "varifocal_loss"]
 
@@ -46,6 +46,7 @@ class VarifocalLoss(ElementwiseLoss):
     def __init__(self, alpha: float = 0.75, gamma: float = 2.0, iou_weighted: bool = True,
                  reduction: str = "mean", loss_weight: float = 1.0) -> None:
         super().__init__(reduction, loss_weight)
+        alpha, gamma = finite("alpha", alpha), finite("gamma", gamma)
         if gamma < 0 or alpha < 0:
             raise ValueError(f"alpha and gamma must be >= 0, got alpha={alpha}, gamma={gamma}")
         self.alpha = float(alpha)

@@ -50,6 +50,7 @@ from ..core import Assignment, GroundTruth, Priors
 from .focal import sigmoid_focal_loss
 from .iou import ULTRALYTICS_CIOU, complete_iou
 from .objectness import YOLOV5_BALANCE, level_balanced_mean, scatter_objectness_target
+from .reduce import finite
 from .targets import class_one_hot
 
 __all__ = ["YOLOv5Loss"]
@@ -96,12 +97,13 @@ class YOLOv5Loss:
     ) -> None:
         for name, v in (("box", box), ("obj", obj), ("cls", cls), ("fl_gamma", fl_gamma),
                         ("cls_pw", cls_pw), ("obj_pw", obj_pw)):
-            if v < 0:
+            if finite(name, v) < 0:
                 raise ValueError(f"{name} must be >= 0, got {v}")
         if not 0.0 <= gr <= 1.0:
             raise ValueError(f"gr must be in [0, 1], got {gr}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        balance = [finite(f"balance[{i}]", b) for i, b in enumerate(balance)]
         if not balance or any(b < 0 for b in balance):
             raise ValueError(f"balance must be non-empty and non-negative, got {tuple(balance)}")
         self.box, self.obj, self.cls = float(box), float(obj), float(cls)
