@@ -4,9 +4,19 @@ An assigner is a small class whose constructor holds (validated) configuration a
 maps ``(priors, gt, **predictions)`` to an :class:`~assignlab.core.Assignment`. Static assigners
 ignore predictions; prediction-aware ones (``requires_predictions = True``) need
 ``pred_boxes`` ``(B, N, 4)`` xyxy pixels and ``pred_scores`` ``(B, N, C)`` (detached).
+
+Every subclass constructor rejects a NaN or infinite *scalar* argument (``square_scale=nan``,
+``alpha=inf``, ``topk=inf``, ...) with a ``ValueError`` naming the parameter, before its own checks
+run: :meth:`Assigner.__init_subclass__` wraps it with :func:`check_finite_args`. Sequences are the
+subclass's business (FCOS' ``regress_ranges`` legitimately end at ``inf``).
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+import math
+import numbers
 
 from torch import Tensor
 
@@ -14,9 +24,11 @@ from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors
 
 __all__ = [
     "Assigner",
+    "check_finite_args",
     "check_gt_labels",
     "check_predictions",
     "check_scores_are",
+    "finite",
     "positive",
     "positive_int",
     "unit_interval",
@@ -31,7 +43,13 @@ class Assigner:
     #: True when ``Assignment.matches`` can hold several GTs per prior.
     many_to_many: bool = False
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = check_finite_args(cls.__init__)
+
     def __init__(self, max_pairs: int = DEFAULT_MAX_PAIRS) -> None:
+        finite("max_pairs", max_pairs)
         if int(max_pairs) <= 0:
             raise ValueError(f"max_pairs must be positive, got {max_pairs}")
         self.max_pairs = int(max_pairs)
@@ -45,21 +63,69 @@ class Assigner:
 
 
 # -- constructor validation ---------------------------------------------------------------------
-# Each helper raises ValueError naming the parameter and returns the converted value. NaN fails
-# every float check (the comparisons are written as ``not <ok>``).
+# Each helper raises ValueError naming the parameter and returns the converted value. NaN and
+# infinities fail every check (the comparisons are written as ``not <ok>``).
+
+
+def _is_scalar(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def finite(name: str, value: float) -> float:
+    """``value`` unchanged if it is not a real scalar or is a finite one; NaN / +-inf fail.
+
+    Example: ``finite("alpha", 0.5)`` -> 0.5; ``finite("alpha", float("nan"))`` -> ``ValueError:
+    alpha must be a finite number, got nan``.
+    """
+    if _is_scalar(value) and not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def check_finite_args(init):
+    """Wrap a constructor so that every real scalar argument (positional, keyword or ``**kwargs``;
+    not ``bool``) is checked with :func:`finite` before the constructor runs. Arguments that do not
+    bind to the signature are left to the constructor (its own ``TypeError``)."""
+    if getattr(init, "_checks_finite", False):
+        return init
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError:
+            return init(self, *args, **kwargs)
+        for i, (name, value) in enumerate(bound.arguments.items()):
+            if i == 0:  # self
+                continue
+            kind = sig.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                for k, v in value.items():
+                    finite(k, v)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                for j, v in enumerate(value):
+                    finite(f"{name}[{j}]", v)
+            else:
+                finite(name, value)
+        return init(self, *args, **kwargs)
+
+    wrapper._checks_finite = True
+    return wrapper
 
 
 def positive_int(name: str, value: float) -> int:
-    """``int(value)`` of a whole number ``>= 1`` (``3`` and ``3.0`` pass, ``2.5`` and ``0`` fail)."""
-    if int(value) != value or int(value) < 1:
+    """``int(value)`` of a whole number ``>= 1`` (``3`` and ``3.0`` pass, ``2.5``, ``0``, NaN and
+    inf fail)."""
+    if (_is_scalar(value) and not math.isfinite(float(value))) or int(value) != value or int(value) < 1:
         raise ValueError(f"{name} must be a positive integer, got {value}")
     return int(value)
 
 
 def positive(name: str, value: float) -> float:
-    """``float(value)`` of a number ``> 0``."""
-    if not float(value) > 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+    """``float(value)`` of a finite number ``> 0``."""
+    if not (float(value) > 0 and math.isfinite(float(value))):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
     return float(value)
 
 
