@@ -474,6 +474,9 @@ def test_classification_losses(xt, alpha, gamma, beta, iou_weighted):
     w = torch.rand(n)
     mods = [BCEWithLogitsLoss(), FocalLoss(alpha=alpha, gamma=gamma), QualityFocalLoss(beta=beta),
             VarifocalLoss(alpha=max(alpha, 0.0), gamma=gamma, iou_weighted=iou_weighted)]
+    # QFL's (labels, scores) tuple form, background label C included
+    labels = torch.randint(0, x.shape[1] + 1, (n,))
+    vals["qfl-tuple"] = QualityFocalLoss(beta=beta)(x, (labels, t[:, 0]), weight=w, avg_factor=1.0)
     for m in mods:  # weights per row, mean / sum / avg_factor (0 included)
         vals[f"{type(m).__name__}-mean"] = m(x, t, weight=w)
         vals[f"{type(m).__name__}-sum"] = m(x, t, reduction_override="sum")
