@@ -154,6 +154,20 @@ def test_no_gt_no_positive_and_fewer_priors_than_topk():
     assert res.gt_index.tolist() == [[0, 0, 0, -1]] and res.quality.abs().sum() == 0
 
 
+def test_padding_rows_with_out_of_range_labels():
+    """Padded GT rows may hold anything (here label 99 with C = 1, before the valid GT): no index
+    error, and the result is that of the valid GT alone."""
+    pri = points_priors(PRI, [8])
+    padded = GroundTruth(torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 100.0, 100.0]]]),
+                         torch.tensor([[99, 0]]), torch.tensor([[False, True]]))
+    alone = gt_one([[0, 0, 100, 100]], [0])
+    for a in (TaskAlignedAssigner(), TaskAlignedAssigner.ultralytics()):
+        r_pad, r_one = run(a, pri, padded, BOXES, SCORES), run(a, pri, alone, BOXES, SCORES)
+        assert torch.equal(r_pad.positive, r_one.positive)
+        assert torch.equal(r_pad.gt_index[r_pad.positive], r_one.gt_index[r_one.positive] + 1)
+        assert torch.allclose(r_pad.quality, r_one.quality)
+
+
 def test_inputs_untouched():
     pri, gt, pred, scores = random_problem(1, C=1)
     s0, p0 = scores.clone(), pred.clone()

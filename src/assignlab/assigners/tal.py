@@ -336,7 +336,8 @@ class TaskAlignedAssigner(ScratchOwner, Assigner):
             # a prior moved to a GT that did not pick it: its overlap is the maximum found above,
             # its metric is recomputed from it
             moved = positive & (t_a == float("-inf"))
-            lab = torch.gather(gt.labels, 1, gt_index.clamp(min=0))
+            # (padded GT rows may hold any label: clamp so that non-positives never index out of range)
+            lab = torch.gather(gt.labels, 1, gt_index.clamp(min=0)).clamp(0, probs.shape[2] - 1)
             s_m = torch.gather(probs, 2, lab[..., None])[..., 0]
             t_m = (s_m.pow(self.alpha) if self.alpha != 1.0 else s_m) * best_u.clamp(min=0).pow(self.beta)
             t_a = torch.where(moved, t_m, t_a)
