@@ -184,68 +184,61 @@ class Mosaic:
         ]
 
     # ------------------------------------------------------------------ boxes
-    def _map(self, boxes: Tensor, orig: tuple[int, int], shape: tuple[int, int], rect, params: MosaicParams) -> Tensor:
-        """Original px -> output px (before clipping), for one tile."""
+    def tile_maps(self, params: MosaicParams, tiles: Sequence[MosaicTile]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per tile (rows 0..3), ``(mul, off, lo, hi)`` each ``(4, 4)`` float32 over ``x1 y1 x2 y2``:
+        a box in original pixels maps to ``box * mul + off`` in output pixels, and is clipped to
+        ``[lo, hi]``, the part of the tile left visible by the canvas and the output."""
+        S, two = self.size, 2 * self.size
         x0, y0, _ = params.window
         r = params.ratio
-        sx, sy = shape[1] / orig[1], shape[0] / orig[0]
-        mul = torch.tensor([sx * r, sy * r, sx * r, sy * r], dtype=torch.float32)
-        off = torch.tensor([(rect[0] - x0) * r, (rect[1] - y0) * r] * 2, dtype=torch.float32)
-        return boxes.float().reshape(-1, 4) * mul + off
+        shapes = [tile_shape(t.orig_size, S) for t in tiles]
+        mul, off, lo, hi = [], [], [], []
+        for t, shape, rect in zip(tiles, shapes, self.tile_rects(params, shapes)):
+            sx, sy = shape[1] / t.orig_size[1] * r, shape[0] / t.orig_size[0] * r
+            mul.append([sx, sy, sx, sy])
+            off.append([(rect[0] - x0) * r, (rect[1] - y0) * r] * 2)
+            lx, ly = max((max(rect[0], 0) - x0) * r, 0.0), max((max(rect[1], 0) - y0) * r, 0.0)
+            hx, hy = min((min(rect[2], two) - x0) * r, float(S)), min((min(rect[3], two) - y0) * r, float(S))
+            lo.append([lx, ly, lx, ly])
+            hi.append([hx, hy, hx, hy])
+        m, o, lo_t, hi_t = (torch.tensor(v, dtype=torch.float32) for v in (mul, off, lo, hi))
+        return m, o, lo_t, hi_t
 
-    def _clip(self, b: Tensor, rect, params: MosaicParams) -> Tensor:
-        """Clip output-px boxes to the part of the tile that is visible: canvas and output."""
-        x0, y0, _ = params.window
-        r, S = params.ratio, params.size
-        two = 2 * S
-        lo_x = (max(rect[0], 0) - x0) * r
-        lo_y = (max(rect[1], 0) - y0) * r
-        hi_x = (min(rect[2], two) - x0) * r
-        hi_y = (min(rect[3], two) - y0) * r
-        out = b.clone()
-        out[:, 0::2] = out[:, 0::2].clamp(max(lo_x, 0.0), min(hi_x, float(S)))
-        out[:, 1::2] = out[:, 1::2].clamp(max(lo_y, 0.0), min(hi_y, float(S)))
-        return out
+    @staticmethod
+    def _place(maps: tuple[Tensor, ...], boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(full, clipped, tile id)`` of the concatenated boxes of the four tiles (output px)."""
+        mul, off, lo, hi = maps
+        counts = torch.tensor([len(b) for b in boxes])
+        tid = torch.repeat_interleave(torch.arange(len(boxes)), counts)
+        full = torch.cat([b.float().reshape(-1, 4) for b in boxes]) * mul[tid] + off[tid]
+        return full, torch.minimum(torch.maximum(full, lo[tid]), hi[tid]), tid
 
     def apply_boxes(
         self, params: MosaicParams, tiles: Sequence[MosaicTile]
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
         """``(boxes, labels, ignore, ignore_labels, tile_index, num_dropped)`` in output pixels
         (flip included), without touching the pixels."""
-        shapes = [tile_shape(t.orig_size, self.size) for t in tiles]
-        rects = self.tile_rects(params, shapes)
-        S = float(self.size)
-        bx, lb, src, ig, igl = [], [], [], [], []
-        dropped = 0
-        for k, (t, shape, rect) in enumerate(zip(tiles, shapes, rects)):
-            full = self._map(t.boxes, t.orig_size, shape, rect, params)
-            clip = self._clip(full, rect, params)
-            w, h = clip[:, 2] - clip[:, 0], clip[:, 3] - clip[:, 1]
-            a0 = (full[:, 2] - full[:, 0]) * (full[:, 3] - full[:, 1])
-            keep = (w >= self.min_size) & (h >= self.min_size) & (w > 0) & (h > 0) & (w * h >= self.min_visible * a0)
-            dropped += int((~keep).sum())
-            bx.append(clip[keep])
-            lb.append(t.labels.reshape(-1)[keep].long())
-            src.append(torch.full((int(keep.sum()),), k, dtype=torch.long))
-            if t.ignore is not None and len(t.ignore):
-                gi = self._clip(self._map(t.ignore, t.orig_size, shape, rect, params), rect, params)
-                ki = (gi[:, 2] > gi[:, 0]) & (gi[:, 3] > gi[:, 1])
-                il = t.ignore_labels if t.ignore_labels is not None else torch.zeros(len(t.ignore), dtype=torch.long)
-                ig.append(gi[ki])
-                igl.append(il.reshape(-1)[ki].long())
-        boxes = torch.cat(bx) if bx else torch.zeros(0, 4)
-        ignore = torch.cat(ig) if ig else torch.zeros(0, 4)
+        maps = self.tile_maps(params, tiles)
+        full, clip, tid = self._place(maps, [t.boxes for t in tiles])
+        w, h = clip[:, 2] - clip[:, 0], clip[:, 3] - clip[:, 1]
+        a0 = (full[:, 2] - full[:, 0]) * (full[:, 3] - full[:, 1])
+        keep = (w >= self.min_size) & (h >= self.min_size) & (w > 0) & (h > 0) & (w * h >= self.min_visible * a0)
+        labels = torch.cat([t.labels.reshape(-1).long() for t in tiles])
+        no_ig = torch.zeros(0, 4)
+        _, gi, _ = self._place(maps, [t.ignore if t.ignore is not None else no_ig for t in tiles])
+        il = torch.cat([
+            (t.ignore_labels if t.ignore_labels is not None else torch.zeros(len(t.ignore), dtype=torch.long))
+            .reshape(-1).long()
+            for t in tiles
+            if t.ignore is not None
+        ] or [torch.zeros(0, dtype=torch.long)])
+        ki = (gi[:, 2] > gi[:, 0]) & (gi[:, 3] > gi[:, 1])
+        boxes, ignore = clip[keep], gi[ki]
         if params.flipped:
+            S = float(self.size)
             boxes = torch.stack([S - boxes[:, 2], boxes[:, 1], S - boxes[:, 0], boxes[:, 3]], 1)
             ignore = torch.stack([S - ignore[:, 2], ignore[:, 1], S - ignore[:, 0], ignore[:, 3]], 1)
-        return (
-            boxes.reshape(-1, 4),
-            torch.cat(lb) if lb else torch.zeros(0, dtype=torch.long),
-            ignore.reshape(-1, 4),
-            torch.cat(igl) if igl else torch.zeros(0, dtype=torch.long),
-            torch.cat(src) if src else torch.zeros(0, dtype=torch.long),
-            dropped,
-        )
+        return boxes, labels[keep], ignore, il[ki], tid[keep], int((~keep).sum())
 
     # ------------------------------------------------------------------ pixels
     def render(self, params: MosaicParams, tiles: Sequence[MosaicTile]) -> Tensor:
