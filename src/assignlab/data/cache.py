@@ -24,7 +24,8 @@ pixels). Example: the face-mask train split (593 images up to 600 x 600) needs a
 ``ram`` and 119 MB as ``resize`` at 320 px.
 
 Images that cannot be decoded are not cached; reading them later goes through the dataset's usual
-bad-image policy (replacement or ``DatasetError``).
+bad-image policy (replacement or ``DatasetError``). Under DDP every process holds its own cache
+(memory x number of processes); the limit applies per process.
 """
 
 from __future__ import annotations

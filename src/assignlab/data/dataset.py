@@ -203,7 +203,8 @@ class DetectionDataset(Dataset):
     * ``mosaic``: probability of a four-image :class:`~assignlab.data.mosaic.Mosaic` sample
       (the indexed image + three drawn from the sample's generator); ``mosaic_close_epoch``: first
       epoch (0-based, see :meth:`set_epoch`) from which mosaic is off (Ultralytics
-      ``close_mosaic``; None = never);
+      ``close_mosaic``; None = never). The mosaic's random scale range and flip probability are
+      ``scale_range`` (default ``(0.5, 1.5)``, Ultralytics ``scale=0.5``) and ``flip_p``;
     * ``hsv``: ``(h, s, v)`` colour jitter amplitudes (:mod:`assignlab.data.color`), after the
       geometric steps, also on mosaic samples.
 
