@@ -28,8 +28,10 @@ Pairwise tensors here are laid out ``(B, n, g)`` (GTs innermost): reducing over 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -221,7 +223,7 @@ def merge_best(
     return torch.where(upd, cbest, best_val), torch.where(upd, cgt, best_gt)
 
 
-_LOW32 = 0xFFFFFFFF
+LOW32 = _LOW32 = 0xFFFFFFFF
 
 
 def sort_key(values: Tensor, index: Tensor) -> Tensor:
@@ -255,3 +257,177 @@ def static_inputs(priors: Priors, gt: GroundTruth, square_scale: float):
     pboxes = priors.boxes(square_scale).to(device=gt.boxes.device, dtype=dtype)
     gboxes, garea, valid = sanitize_gt(gt, dtype)
     return dtype, pboxes, prior_areas(pboxes), gboxes, garea, valid
+
+
+# -- sparse windows (CPU) ---------------------------------------------------------------------------
+# On a grid level the priors whose box overlaps a GT form a rectangle of (rows x cols) locations:
+# column ``c`` overlaps the GT in x iff ``x2_c > gx1`` and ``x1_c < gx2`` (``min - max > 0`` in IEEE
+# arithmetic is exactly ``min > max``), and both edges grow with ``c``, so the overlapping columns are
+# the run found by two binary searches. Every prior outside a GT's windows has IoU exactly 0 with it,
+# so a max / top-k / "best GT" over the window entries equals the one over all priors, at a fraction
+# of the (B, G, N) cost: a 40 px GT overlaps ~13 x 13 + 10 x 10 + 10 x 10 of the 8400 priors of a
+# 640 px image. Windows need host-known sizes (a device sync), so they are the CPU path; other
+# devices take the dense chunked path, whose results are identical (tested).
+#
+# The GTs of a chunk share one window size per level (the largest), so the batch's valid GTs are
+# flattened and sorted by window area first: GTs of similar size, from any image, share a chunk.
+
+
+@dataclass(frozen=True)
+class WindowChunk:
+    """``S`` GTs of the batch (flattened, sorted by window area) and their windows."""
+
+    image: Tensor  # (S,) image of each GT
+    gt: Tensor  # (S,) index of the GT in its image
+    row0: tuple[Tensor, ...]  # per level (S,) first window row, clamped inside the level
+    col0: tuple[Tensor, ...]  # per level (S,) first window column
+    sizes: tuple[tuple[int, int], ...]  # per level (rows, cols) of the windows
+
+
+def use_windows(layouts: Sequence[LevelLayout], device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the sparse window path applies: CPU, float32 (the packed sort keys are exact for
+    float32) and every level on a known grid."""
+    return device.type == "cpu" and dtype == torch.float32 and len(layouts) > 0 and all(l.grid for l in layouts)
+
+
+def monotone_edges(lo: Tensor, hi: Tensor) -> bool:
+    """Host check that grid edges grow along the grid (always true for :func:`make_priors`)."""
+    return lo.shape[0] < 2 or bool(((lo[1:] >= lo[:-1]) & (hi[1:] >= hi[:-1])).all())
+
+
+def cell_run(lo: Tensor, hi: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """First index and length of the run of grid cells ``i`` with ``hi_i > a`` and ``lo_i < b``.
+
+    ``lo``/``hi`` ``(m, na)`` non-decreasing along ``m`` (one column per anchor), ``a``/``b``
+    ``(B, G)``; the hull of the per-anchor runs. Example: cell edges lo = [0, 8, 16], hi = [8, 16, 24]
+    and the interval (5, 9) -> cells 0 and 1: start 0, length 2."""
+    start = stop = None
+    for j in range(lo.shape[1]):  # anchors of a location (1-3)
+        s = torch.searchsorted(hi[:, j].contiguous(), a.contiguous(), right=True)
+        e = torch.searchsorted(lo[:, j].contiguous(), b.contiguous(), right=False)
+        start = s if start is None else torch.minimum(start, s)
+        stop = e if stop is None else torch.maximum(stop, e)
+    assert start is not None and stop is not None
+    return start, (stop - start).clamp_(min=0)
+
+
+def iou_runs(pboxes: Tensor, layouts: Sequence[LevelLayout], gboxes: Tensor) -> list[tuple[Tensor, ...]] | None:
+    """Per level ``(row0, nrows, col0, ncols)`` ``(B, G)``: the rows / columns whose prior boxes
+    overlap each GT (IoU > 0), or ``None`` when a level's prior edges are not monotone."""
+    dev = pboxes.device
+    out = []
+    for lay in layouts:
+        xb = pboxes[lay.col_priors(dev)].reshape(lay.cols, lay.na, 4)
+        yb = pboxes[lay.row_priors(dev)].reshape(lay.rows, lay.na, 4)
+        if not (monotone_edges(xb[..., 0], xb[..., 2]) and monotone_edges(yb[..., 1], yb[..., 3])):
+            return None
+        c0, nc = cell_run(xb[..., 0], xb[..., 2], gboxes[..., 0], gboxes[..., 2])
+        r0, nr = cell_run(yb[..., 1], yb[..., 3], gboxes[..., 1], gboxes[..., 3])
+        out.append((r0, nr, c0, nc))
+    return out
+
+
+def plan_windows(
+    runs: Sequence[tuple[Tensor, ...]], layouts: Sequence[LevelLayout], valid: Tensor, budget: int,
+    slack: float = 1.5,
+) -> list[WindowChunk]:
+    """Chunks of the valid GTs with a non-empty window, sorted by window area, each holding at most
+    ``budget`` window entries (at least one GT). ``runs`` per level ``(row0, nrows, col0, ncols)``."""
+    B, G = valid.shape
+    nas = [lay.na for lay in layouts]
+    nr = [r[1].reshape(-1) for r in runs]
+    nc = [r[3].reshape(-1) for r in runs]
+    area = sum(r * c * na for r, c, na in zip(nr, nc, nas)) if G else torch.zeros(0, dtype=torch.long)
+    area = torch.where(valid.reshape(-1), area, 0)
+    ids = torch.nonzero(area > 0)[:, 0]
+    ids = ids[torch.sort(area[ids], stable=True).indices]  # flat GT ids b * G + g, by window area
+    S = int(ids.numel())
+    if S == 0:
+        return []
+    mr = torch.stack([t[ids] for t in nr]).numpy()  # (L, S) host, small
+    mc = torch.stack([t[ids] for t in nc]).numpy()
+    na_arr = np.asarray(nas)[:, None]
+    exact = (mr * mc * na_arr).sum(axis=0)
+    image, gt = ids // G, ids % G
+    chunks, s = [], 0
+    while s < S:
+        cr = np.maximum.accumulate(mr[:, s:], axis=1)
+        cc = np.maximum.accumulate(mc[:, s:], axis=1)
+        cost = np.arange(1, S - s + 1) * (cr * cc * na_arr).sum(axis=0)  # non-decreasing
+        # close the chunk at the budget, or past a quarter of it when padding to the largest window
+        # would waste more than a third of it (sorted areas: GTs of similar size stay together)
+        fits = (cost <= budget) & ((cost <= slack * exact[s:].cumsum()) | (cost <= budget // 4))
+        j = max(1, int(np.argmin(fits)) if not fits.all() else len(fits))
+        sizes = tuple((int(cr[i, j - 1]), int(cc[i, j - 1])) for i in range(len(layouts)))
+        part = ids[s : s + j]
+        row0 = tuple(r[0].reshape(-1)[part].clamp(max=lay.rows - wr) for r, lay, (wr, _) in zip(runs, layouts, sizes))
+        col0 = tuple(r[2].reshape(-1)[part].clamp(max=lay.cols - wc) for r, lay, (_, wc) in zip(runs, layouts, sizes))
+        chunks.append(WindowChunk(image[s : s + j], gt[s : s + j], row0, col0, sizes))
+        s += j
+    return chunks
+
+
+def window_prior_index(lay: LevelLayout, ch: WindowChunk, level: int, num_priors: int, out: Tensor | None = None) -> Tensor:
+    """``(S, K)`` flat index ``image * N + prior`` of the level's window entries, in prior order
+    (``K = rows * cols * na`` of the chunk's window). ``out``: optional int64 buffer of >= S * K."""
+    wr, wc = ch.sizes[level]
+    dev = ch.image.device
+    na, S = lay.na, ch.image.shape[0]
+    rows = ch.row0[level][:, None] + torch.arange(wr, device=dev)  # (S, wr)
+    cols = ch.col0[level][:, None] + torch.arange(wc, device=dev)  # (S, wc)
+    base = (ch.image * num_priors + lay.start)[:, None] + rows * (lay.cols * na)  # (S, wr)
+    if na > 1:
+        base, cols = base[..., None], (cols * na)[..., None] + torch.arange(na, device=dev)  # (S, wr, 1), (S, wc, na)
+    else:
+        cols = cols * na
+    K = wr * wc * na
+    res = torch.empty(S * K, dtype=torch.long, device=dev) if out is None else out[: S * K]
+    torch.add(base[:, :, None], cols[:, None], out=res.view(S, wr, wc, na) if na > 1 else res.view(S, wr, wc))
+    return res.view(S, K)
+
+
+def window_iou(
+    pboxes: Tensor, lay: LevelLayout, ch: WindowChunk, level: int, gboxes: Tensor, garea: Tensor,
+    out: Tensor | None = None, work: Tensor | None = None,
+) -> Tensor:
+    """IoU ``(S, K)`` of the chunk's GTs (``gboxes`` ``(S, 4)``, ``garea`` ``(S,)``) with the priors of
+    their window on one level, in the order of :func:`window_prior_index`. Same float operations
+    as :func:`level_iou`, so the values are bit-identical. ``out`` / ``work``: optional buffers of at
+    least ``S * K`` elements (result / scratch), reused across chunks to avoid fresh allocations."""
+    wr, wc = ch.sizes[level]
+    dev, dtype = pboxes.device, pboxes.dtype
+    S, na = gboxes.shape[0], lay.na
+    K = wr * wc * na
+    out = torch.empty(S * K, dtype=dtype, device=dev) if out is None else out[: S * K]
+    work = torch.empty(S * K, dtype=dtype, device=dev) if work is None else work[: S * K]
+    ci = ch.col0[level][:, None] + torch.arange(wc, device=dev)
+    ri = ch.row0[level][:, None] + torch.arange(wr, device=dev)
+    xb = pboxes[lay.col_priors(dev)].reshape(lay.cols, na * 4).index_select(0, ci.view(-1)).view(S, wc, na, 4)
+    yb = pboxes[lay.row_priors(dev)].reshape(lay.rows, na * 4).index_select(0, ri.view(-1)).view(S, wr, na, 4)
+    gx1, gy1, gx2, gy2 = (gboxes[:, i, None, None] for i in range(4))  # (S, 1, 1)
+    wx = (torch.minimum(gx2, xb[..., 2]) - torch.maximum(gx1, xb[..., 0])).clamp_(min=0)  # (S, wc, na)
+    wy = (torch.minimum(gy2, yb[..., 3]) - torch.maximum(gy1, yb[..., 1])).clamp_(min=0)  # (S, wr, na)
+    inter = out.view(S, wr, wc, na)
+    torch.mul(wx[:, None], wy[:, :, None], out=inter)
+    union = work.view(S, wr, wc, na)
+    torch.mul((xb[..., 2] - xb[..., 0])[:, None], (yb[..., 3] - yb[..., 1])[:, :, None], out=union)  # prior areas
+    union.add_(garea[:, None, None, None]).sub_(inter)
+    return inter.div_(union).view(S, K)
+
+
+def sort_key_into(values: Tensor, index: Tensor, out: Tensor) -> Tensor:
+    """:func:`sort_key` of float32 ``values`` ``(S, K)`` and ``index`` (broadcast) written into the
+    int64 buffer ``out`` (no temporaries)."""
+    key = out[: values.numel()].view(values.shape)
+    key.copy_(values.view(torch.int32))
+    return key.bitwise_left_shift_(32).bitwise_or_(index)
+
+
+def unpack_best(key: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """``(has, value, gt)`` from a running max of :func:`sort_key` ``(value, LOW32 - gt)`` keys
+    (negative where nothing non-negative was scattered): the highest value, ties to the lowest GT.
+    ``value`` is 0 and ``gt`` -1 where ``has`` is False."""
+    has = key >= 0
+    val = (key >> 32).to(torch.int32).view(torch.float32).to(dtype)
+    gt = _LOW32 - (key & _LOW32)
+    return has, torch.where(has, val, 0.0), torch.where(has, gt, -1)

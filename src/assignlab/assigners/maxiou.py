@@ -63,7 +63,22 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
-from ._grid import ignored_priors, level_iou, level_layouts, prior_areas, sanitize_gt
+from ..core.chunking import CACHE_PAIRS
+from ._grid import (
+    LOW32,
+    ignored_priors,
+    iou_runs,
+    level_iou,
+    level_layouts,
+    plan_windows,
+    prior_areas,
+    sanitize_gt,
+    sort_key_into,
+    unpack_best,
+    use_windows,
+    window_iou,
+    window_prior_index,
+)
 from .base import Assigner, unit_interval
 
 __all__ = ["MaxIoUAssigner"]
@@ -124,6 +139,7 @@ class MaxIoUAssigner(Assigner):
         self.ignore_wrt_candidates = bool(ignore_wrt_candidates)
         self.square_scale = float(square_scale)
         self._neg_range = (lo, hi)
+        self._dense = False  # tests: force the dense (B, g, N) path on the CPU
 
     def __call__(self, priors: Priors, gt: GroundTruth, **predictions: Tensor) -> Assignment:
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
@@ -142,6 +158,10 @@ class MaxIoUAssigner(Assigner):
         if ignored is not None:
             ignored = ignored & has_gt[:, None]
         layouts = [lay for lay in level_layouts(priors) if lay.n > 0]
+        if use_windows(layouts, dev, dtype) and not self._dense:
+            runs = iou_runs(pboxes, layouts, gboxes)
+            if runs is not None:
+                return self._windows(pboxes, layouts, runs, gboxes, garea, valid, has_gt, ignored)
 
         best_val = torch.full((B, N), float("-inf"), dtype=dtype, device=dev)
         best_gt = torch.zeros(B, N, dtype=torch.long, device=dev)
@@ -199,6 +219,9 @@ class MaxIoUAssigner(Assigner):
                 lq_gt.scatter_reduce_(1, arg, src, reduce="amax", include_self=True)
             del ious
 
+        return self._finish(best_val, best_gt, lq_gt, gt_max, has_gt)
+
+    def _finish(self, best_val: Tensor, best_gt: Tensor, lq_gt: Tensor, gt_max: Tensor, has_gt: Tensor) -> Assignment:
         max_ov = torch.where(has_gt[:, None], best_val, 0.0)
         lo, hi = self._neg_range
         is_lq = lq_gt >= 0
@@ -212,3 +235,76 @@ class MaxIoUAssigner(Assigner):
         return Assignment.from_gt_index(
             gt_index, ignore=ignore, extras={"max_overlaps": max_ov, "overlaps": overlaps}
         )
+
+    def _windows(
+        self, pboxes: Tensor, layouts: list, runs: list, gboxes: Tensor, garea: Tensor, valid: Tensor,
+        has_gt: Tensor, ignored: Tensor | None,
+    ) -> Assignment:
+        """The CPU path over each GT's windows of overlapping priors (see ``_grid``): every prior
+        outside a GT's windows has IoU 0 with it, so the per-prior best GT, each GT's best IoU and
+        its low-quality priors are all found among the window entries. Same outputs as the dense path.
+
+        The per-prior best (IoU, lowest GT) is one packed int64 key (:func:`sort_key`) reduced with
+        ``scatter_reduce(amax)``, so the order of the chunks does not matter. Zero and negative
+        (ignored, -1) IoUs pack to keys that never decide anything: the threshold tests need > 0."""
+        B, G = valid.shape
+        N = pboxes.shape[0]
+        dev, dtype = pboxes.device, pboxes.dtype
+        chunks = plan_windows(runs, layouts, valid, min(self.max_pairs, CACHE_PAIRS))
+        best_key = torch.full((B * N,), -1, dtype=torch.long, device=dev)
+        lq_gt = torch.full((B * N,), -1, dtype=torch.long, device=dev)
+        gt_max = torch.zeros(B * G, dtype=dtype, device=dev)
+        # -1 on ignored priors, +inf elsewhere: ``minimum`` applies it (torch.where / masked_fill
+        # are 20x slower than min / max on the CPU)
+        cap = None if ignored is None else torch.where(ignored, -1.0, float("inf")).to(dtype).reshape(-1)
+        # buffers for the largest chunk, reused by every chunk and level
+        size = max((ch.image.shape[0] * max(r * c * lay.na for (r, c), lay in zip(ch.sizes, layouts)) for ch in chunks),
+                   default=0)
+        fbuf = torch.empty(4 * size, dtype=dtype, device=dev)  # 3 levels of IoU + scratch
+        ibuf = torch.empty(6 * size, dtype=torch.long, device=dev)  # 3 levels of prior index + key / src
+        for ch in chunks:
+            gb, ga = gboxes[ch.image, ch.gt], garea[ch.image, ch.gt]  # (S, 4), (S,)
+            low = LOW32 - ch.gt[:, None]
+            parts = []
+            cmax = None
+            for lv, lay in enumerate(layouts):
+                if 0 in ch.sizes[lv]:
+                    continue
+                iou = window_iou(pboxes, lay, ch, lv, gb, ga, out=fbuf[lv * size :], work=fbuf[3 * size :])  # (S, K)
+                pid = window_prior_index(lay, ch, lv, N, out=ibuf[lv * size :])  # (S, K) image * N + prior
+                if cap is not None:
+                    torch.minimum(iou, cap.index_select(0, pid.view(-1)).view_as(iou), out=iou)
+                key = sort_key_into(iou, low, ibuf[3 * size :])
+                best_key.scatter_reduce_(0, pid.view(-1), key.view(-1), reduce="amax")
+                m = iou.amax(dim=1)  # > 0: the GT's best IoU on this level
+                cmax = m if cmax is None else torch.maximum(cmax, m)
+                parts.append((iou, pid))
+            assert cmax is not None  # every chunk GT has a non-empty window
+            flat_gt = ch.image * G + ch.gt
+            gt_max[flat_gt] = cmax
+            if not self.match_low_quality:
+                continue
+            ok = (cmax >= self.min_pos_iou) & (cmax > 0)
+            if self.gt_max_assign_all:
+                thr = torch.where(ok, cmax, float("inf"))[:, None]
+                last = ch.gt[:, None] + 1
+                for iou, pid in parts:
+                    # GT index + 1 where the prior reaches the GT's best IoU, else 0 (integer ops:
+                    # torch.where is slow on the CPU), minus 1; the last GT (highest index) wins
+                    src = ibuf[3 * size :][: iou.numel()].view(iou.shape)
+                    src.copy_(iou == thr).neg_().bitwise_and_(last).sub_(1)
+                    lq_gt.scatter_reduce_(0, pid.view(-1), src.view(-1), reduce="amax")
+            else:
+                # first prior reaching the GT's best IoU, levels in order (strict >), then prior order
+                amx = torch.full_like(cmax, float("-inf"))
+                arg = torch.zeros_like(ch.gt)
+                for iou, pid in parts:
+                    v, i = iou.max(dim=1)  # first maximal entry = lowest prior index
+                    upd = v > amx
+                    amx = torch.where(upd, v, amx)
+                    arg = torch.where(upd, pid.gather(1, i[:, None])[:, 0], arg)
+                lq_gt.scatter_reduce_(0, arg, torch.where(ok, ch.gt, -1), reduce="amax")
+        _, best_val, best_gt = unpack_best(best_key.view(B, N), dtype)
+        if ignored is not None:
+            best_val = best_val.masked_fill(ignored, -1.0)
+        return self._finish(best_val, best_gt.clamp(min=0), lq_gt.view(B, N), gt_max.view(B, G), has_gt)

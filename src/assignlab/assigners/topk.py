@@ -36,7 +36,23 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
-from ._grid import empty_static_result, key_index, level_iou, level_layouts, merge_best, sort_key, static_inputs
+from ..core.chunking import CACHE_PAIRS
+from ._grid import (
+    empty_static_result,
+    iou_runs,
+    key_index,
+    level_iou,
+    level_layouts,
+    merge_best,
+    plan_windows,
+    sort_key,
+    sort_key_into,
+    static_inputs,
+    unpack_best,
+    use_windows,
+    window_iou,
+    window_prior_index,
+)
 from .base import Assigner, positive_int, unit_interval
 
 __all__ = ["TopKAssigner"]
@@ -65,6 +81,7 @@ class TopKAssigner(Assigner):
         self.k = int(k)
         self.min_iou = float(min_iou)
         self.square_scale = float(square_scale)
+        self._dense = False  # tests: force the dense (B, n, g) path on the CPU
 
     def __call__(self, priors: Priors, gt: GroundTruth, **predictions: Tensor) -> Assignment:
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
@@ -75,6 +92,10 @@ class TopKAssigner(Assigner):
         dtype, pboxes, parea, gboxes, garea, valid = static_inputs(priors, gt, self.square_scale)
         layouts = [lay for lay in level_layouts(priors) if lay.n > 0]
         k = min(self.k, N)
+        if use_windows(layouts, dev, dtype) and not self._dense:
+            runs = iou_runs(pboxes, layouts, gboxes)
+            if runs is not None:
+                return self._windows(pboxes, layouts, runs, gboxes, garea, valid, k)
 
         chunks = gt_chunks(B, G, N, self.max_pairs)
         gmax_chunk = max(c.stop - c.start for c in chunks)
@@ -106,3 +127,42 @@ class TopKAssigner(Assigner):
         gt_index = torch.where(positive, best_gt, -1)
         overlaps = torch.where(positive, best_val, 0.0)
         return Assignment.from_gt_index(gt_index, extras={"overlaps": overlaps})
+
+    def _windows(
+        self, pboxes: Tensor, layouts: list, runs: list, gboxes: Tensor, garea: Tensor, valid: Tensor, k: int
+    ) -> Assignment:
+        """The CPU path over each GT's windows of overlapping priors (see ``_grid``). A prior outside
+        the windows has IoU 0 with the GT and can never be a positive (``IoU > min_iou >= 0``), so the
+        positives among the top-k of the windows are those of the top-k of all priors (same
+        deterministic order: IoU, then prior index). Collisions: one packed (IoU, lowest GT) key per
+        prior reduced with ``scatter_reduce(amax)``. Same outputs as the dense path."""
+        B, G = valid.shape
+        N = pboxes.shape[0]
+        dev, dtype = pboxes.device, pboxes.dtype
+        chunks = plan_windows(runs, layouts, valid, min(self.max_pairs, CACHE_PAIRS))
+        best_key = torch.full((B * N,), -1, dtype=torch.long, device=dev)
+        size = max((ch.image.shape[0] * max(r * c * lay.na for (r, c), lay in zip(ch.sizes, layouts)) for ch in chunks),
+                   default=0)
+        fbuf = torch.empty(2 * size, dtype=dtype, device=dev)
+        ibuf = torch.empty(2 * size, dtype=torch.long, device=dev)
+        for ch in chunks:
+            gb, ga = gboxes[ch.image, ch.gt], garea[ch.image, ch.gt]  # (S, 4), (S,)
+            keys = []
+            for lv, lay in enumerate(layouts):
+                if 0 in ch.sizes[lv]:
+                    continue
+                iou = window_iou(pboxes, lay, ch, lv, gb, ga, out=fbuf, work=fbuf[size:])  # (S, K)
+                pid = window_prior_index(lay, ch, lv, N, out=ibuf)  # (S, K) image * N + prior
+                # rank by (IoU descending, prior ascending); inside a row the image is fixed, so the
+                # flat index orders like the prior index
+                key = sort_key_into(iou, pid.neg_().add_(_LOW32), ibuf[size:])
+                keys.append(key.topk(min(k, key.shape[1]), dim=1).values)
+            key = torch.cat(keys, dim=1)
+            key = key.topk(min(k, key.shape[1]), dim=1).values  # (S, k)
+            idx = _LOW32 - key_index(key)  # flat image * N + prior
+            v = (key >> 32).to(torch.int32).view(torch.float32)
+            cand = sort_key(v, _LOW32 - ch.gt[:, None])
+            cand = torch.where(v > self.min_iou, cand, -1)
+            best_key.scatter_reduce_(0, idx.view(-1), cand.view(-1), reduce="amax")
+        positive, best_val, best_gt = unpack_best(best_key.view(B, N), dtype)
+        return Assignment.from_gt_index(best_gt, extras={"overlaps": best_val})
