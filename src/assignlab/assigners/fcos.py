@@ -45,7 +45,18 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ..core.boxes import aligned_box_iou
-from ._grid import level_layouts, sanitize_gt
+from ..core.chunking import CACHE_PAIRS
+from ._grid import (
+    LOW32,
+    cell_run,
+    level_layouts,
+    monotone_edges,
+    plan_windows,
+    sanitize_gt,
+    sort_key,
+    use_windows,
+    window_prior_index,
+)
 from .base import Assigner
 
 __all__ = ["FCOSAssigner", "default_regress_ranges"]
@@ -96,6 +107,7 @@ class FCOSAssigner(Assigner):
         self.center_sampling = bool(center_sampling)
         self.radius = float(radius)
         self.square_scale = float(square_scale)
+        self._dense = False  # tests: force the dense (B, g, N) path on the CPU
 
     def level_ranges(self, priors: Priors) -> tuple[tuple[float, float], ...]:
         """The ``(lo, hi)`` range of each level of ``priors``."""
@@ -109,9 +121,8 @@ class FCOSAssigner(Assigner):
         return self.regress_ranges
 
     def _axis(self, p: Tensor, a0: Tensor, a1: Tensor, stride: float, lo: float, hi: float) -> tuple[Tensor, Tensor]:
-        """One axis: ``p`` ``(m,)`` coordinates, GT edges ``a0``/``a1`` ``(B, 1, g)`` -> ``(B, m, g)``
-        (inside [and distance <= hi], distance >= lo)."""
-        p = p[None, :, None]
+        """One axis: coordinates ``p`` and GT edges ``a0``/``a1`` broadcast together (``(1, m, 1)``
+        and ``(B, 1, g)`` -> ``(B, m, g)``): (inside [and distance <= hi], distance >= lo)."""
         d0, d1 = p - a0, a1 - p
         dmax = torch.maximum(d0, d1)
         if self.center_sampling:
@@ -139,35 +150,13 @@ class FCOSAssigner(Assigner):
         garea = torch.where(valid, garea, float("inf"))  # invalid GTs can never be the smallest
         layouts = level_layouts(priors)
 
-        best_area = torch.full((B, N), float("inf"), dtype=dtype, device=dev)
-        best_gt = torch.full((B, N), -1, dtype=torch.long, device=dev)
-        for sl in gt_chunks(B, G, N, self.max_pairs):
-            g = sl.stop - sl.start
-            x0, y0, x1, y1 = (gboxes[:, sl, i].reshape(B, 1, g) for i in range(4))
-            ga = garea[:, sl].reshape(B, 1, g)
-            for lay, (lo, hi), stride in zip(layouts, ranges, priors.level_strides):
-                if lay.n == 0:
-                    continue
-                if lay.grid:
-                    okx, lox = self._axis(pts[lay.col_points(dev), 0], x0, x1, stride, lo, hi)  # (B, cols, g)
-                    oky, loy = self._axis(pts[lay.row_points(dev), 1], y0, y1, stride, lo, hi)  # (B, rows, g)
-                    cand = (oky[:, :, None] & okx[:, None]) & (loy[:, :, None] | lox[:, None])  # (B, rows, cols, g)
-                    cost = torch.where(cand, ga[:, None], float("inf"))
-                    v, i = cost.min(dim=-1)  # (B, rows, cols), first (lowest) GT on ties
-                    v = v[..., None].expand(B, lay.rows, lay.cols, lay.na).reshape(B, lay.n)
-                    i = i[..., None].expand(B, lay.rows, lay.cols, lay.na).reshape(B, lay.n)
-                else:
-                    p = pts[lay.slice]
-                    okx, lox = self._axis(p[:, 0], x0, x1, stride, lo, hi)  # (B, n, g)
-                    oky, loy = self._axis(p[:, 1], y0, y1, stride, lo, hi)
-                    cand = okx & oky & (lox | loy)
-                    v, i = torch.where(cand, ga, float("inf")).min(dim=-1)
-                upd = v < best_area[:, lay.slice]
-                best_area[:, lay.slice] = torch.where(upd, v, best_area[:, lay.slice])
-                best_gt[:, lay.slice] = torch.where(upd, i + sl.start, best_gt[:, lay.slice])
-
-        positive = best_area < float("inf")
-        gt_index = torch.where(positive, best_gt, -1)
+        best_gt = None
+        if use_windows(layouts, dev, dtype) and not self._dense:
+            best_gt = self._windows(priors, layouts, ranges, pts, gboxes, garea, valid)
+        if best_gt is None:
+            best_gt = self._dense_best(priors, layouts, ranges, pts, gboxes, garea)
+        positive = best_gt >= 0
+        gt_index = best_gt
         box = torch.gather(gboxes, 1, gt_index.clamp(min=0)[..., None].expand(B, N, 4))
         l_, t_ = pts[:, 0] - box[..., 0], pts[:, 1] - box[..., 1]
         r_, b_ = box[..., 2] - pts[:, 0], box[..., 3] - pts[:, 1]
@@ -178,3 +167,89 @@ class FCOSAssigner(Assigner):
         iou = aligned_box_iou(pboxes[None].expand(B, N, 4), box, eps=1e-9)
         overlaps = torch.where(positive, iou, 0.0)
         return Assignment.from_gt_index(gt_index, extras={"centerness": centerness, "overlaps": overlaps})
+
+    def _runs(self, p: Tensor, a0: Tensor, a1: Tensor, stride: float) -> tuple[Tensor, Tensor]:
+        """First index and length of the run of grid coordinates ``p`` ``(m,)`` (increasing) strictly
+        inside each GT's interval ``(a0, a1)`` ``(B, G)`` (the center-sampling box when enabled), the
+        only ones :meth:`_axis` can accept: same float operations as there."""
+        if self.center_sampling:
+            c = (a0 + a1) / 2
+            r = stride * self.radius
+            a0, a1 = torch.maximum(c - r, a0), torch.minimum(c + r, a1)
+        return cell_run(p[:, None], p[:, None], a0, a1)
+
+    def _windows(self, priors: Priors, layouts: list, ranges, pts: Tensor, gboxes: Tensor, garea: Tensor,
+                 valid: Tensor) -> Tensor | None:
+        """CPU path: a point can be positive for a GT only inside the GT (or its center-sampling box),
+        a run of columns times a run of rows per level, so only those windows are tested (with the same
+        float operations as the dense path). The smallest area wins, ties to the lowest GT index: one
+        packed (area, GT) key per point reduced with ``scatter_reduce(amin)``. ``None`` when a level's
+        points are not increasing (then the dense path runs)."""
+        B, G = valid.shape
+        N = pts.shape[0]
+        dev = pts.device
+        runs, coords = [], []
+        for lay, stride in zip(layouts, priors.level_strides):
+            X = pts[lay.col_points(dev), 0]
+            Y = pts[lay.row_points(dev), 1]
+            if not (monotone_edges(X[:, None], X[:, None]) and monotone_edges(Y[:, None], Y[:, None])):
+                return None
+            c0, nc = self._runs(X, gboxes[..., 0], gboxes[..., 2], stride)
+            r0, nr = self._runs(Y, gboxes[..., 1], gboxes[..., 3], stride)
+            runs.append((r0, nr, c0, nc))
+            coords.append((X, Y))
+        big = torch.iinfo(torch.long).max
+        best = torch.full((B * N,), big, dtype=torch.long, device=dev)
+        for ch in plan_windows(runs, layouts, valid, min(self.max_pairs, CACHE_PAIRS)):
+            gb = gboxes[ch.image, ch.gt]  # (S, 4)
+            x0, y0, x1, y1 = (gb[:, i, None] for i in range(4))  # (S, 1)
+            key = sort_key(garea[ch.image, ch.gt], ch.gt)[:, None, None]  # (S, 1, 1): area, then GT
+            for lv, (lay, (lo, hi), stride, (X, Y)) in enumerate(zip(layouts, ranges, priors.level_strides, coords)):
+                wr, wc = ch.sizes[lv]
+                if wr == 0 or wc == 0:
+                    continue
+                px = X[ch.col0[lv][:, None] + torch.arange(wc, device=dev)]  # (S, wc)
+                py = Y[ch.row0[lv][:, None] + torch.arange(wr, device=dev)]  # (S, wr)
+                okx, lox = self._axis(px, x0, x1, stride, lo, hi)
+                oky, loy = self._axis(py, y0, y1, stride, lo, hi)
+                cand = (oky[:, :, None] & okx[:, None]) & (loy[:, :, None] | lox[:, None])  # (S, wr, wc)
+                k = torch.where(cand, key, big)
+                if lay.na > 1:
+                    k = k[..., None].expand(-1, -1, -1, lay.na)
+                pid = window_prior_index(lay, ch, lv, N)
+                best.scatter_reduce_(0, pid.view(-1), k.reshape(-1), reduce="amin")
+        best = best.view(B, N)
+        return torch.where(best < big, best & LOW32, -1)
+
+    def _dense_best(self, priors: Priors, layouts: list, ranges, pts: Tensor, gboxes: Tensor, garea: Tensor) -> Tensor:
+        B, G = gboxes.shape[:2]
+        N = pts.shape[0]
+        dev, dtype = pts.device, pts.dtype
+        best_area = torch.full((B, N), float("inf"), dtype=dtype, device=dev)
+        best_gt = torch.full((B, N), -1, dtype=torch.long, device=dev)
+        for sl in gt_chunks(B, G, N, self.max_pairs):
+            g = sl.stop - sl.start
+            x0, y0, x1, y1 = (gboxes[:, sl, i].reshape(B, 1, g) for i in range(4))
+            ga = garea[:, sl].reshape(B, 1, g)
+            for lay, (lo, hi), stride in zip(layouts, ranges, priors.level_strides):
+                if lay.n == 0:
+                    continue
+                if lay.grid:
+                    okx, lox = self._axis(pts[lay.col_points(dev), 0][None, :, None], x0, x1, stride, lo, hi)  # (B, cols, g)
+                    oky, loy = self._axis(pts[lay.row_points(dev), 1][None, :, None], y0, y1, stride, lo, hi)  # (B, rows, g)
+                    cand = (oky[:, :, None] & okx[:, None]) & (loy[:, :, None] | lox[:, None])  # (B, rows, cols, g)
+                    cost = torch.where(cand, ga[:, None], float("inf"))
+                    v, i = cost.min(dim=-1)  # (B, rows, cols), first (lowest) GT on ties
+                    v = v[..., None].expand(B, lay.rows, lay.cols, lay.na).reshape(B, lay.n)
+                    i = i[..., None].expand(B, lay.rows, lay.cols, lay.na).reshape(B, lay.n)
+                else:
+                    p = pts[lay.slice]
+                    okx, lox = self._axis(p[None, :, 0, None], x0, x1, stride, lo, hi)  # (B, n, g)
+                    oky, loy = self._axis(p[None, :, 1, None], y0, y1, stride, lo, hi)
+                    cand = okx & oky & (lox | loy)
+                    v, i = torch.where(cand, ga, float("inf")).min(dim=-1)
+                upd = v < best_area[:, lay.slice]
+                best_area[:, lay.slice] = torch.where(upd, v, best_area[:, lay.slice])
+                best_gt[:, lay.slice] = torch.where(upd, i + sl.start, best_gt[:, lay.slice])
+
+        return torch.where(best_area < float("inf"), best_gt, -1)
