@@ -53,7 +53,19 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
-from ..core.boxes import batched_box_iou
+from ..core.boxes import batched_box_iou, valid_box_mask
+from ..core.chunking import CACHE_PAIRS, image_gt_chunks
+from ._grid import (
+    LOW32,
+    iou_runs,
+    level_layouts,
+    plan_windows,
+    sort_key,
+    unpack_best,
+    use_windows,
+    window_iou,
+    window_prior_index,
+)
 from .base import Assigner, check_predictions, positive, positive_int, unit_interval
 
 __all__ = ["HAMBoxAssigner"]
@@ -108,6 +120,7 @@ class HAMBoxAssigner(Assigner):
         self.t2 = float(t2)
         self.ignore_pred_negatives = bool(ignore_pred_negatives)
         self.square_scale = float(square_scale)
+        self._dense = False  # tests: force the dense stage 1 on the CPU
 
     def __call__(
         self,
@@ -129,19 +142,12 @@ class HAMBoxAssigner(Assigner):
             )
         anchors = priors.boxes(self.square_scale).to(dtype)  # (N, 4)
         pboxes = _sanitize_pred_boxes(pred_boxes, dtype)  # (B, N, 4)
-        chunks = gt_chunks(B, G, N, self.max_pairs)
 
-        # ---- stage 1: prior -> best GT by anchor IoU (running argmax over GT chunks) ----------
-        best_iou = torch.full((B, N), -1.0, dtype=dtype, device=device)
-        best_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
-        for sl in chunks:
-            valid = gt.mask[:, sl, None]  # (B, g, 1)
-            iou = batched_box_iou(gt.boxes[:, sl], anchors)  # (B, g, N)
-            iou.masked_fill_(~valid, -1.0)
-            v, a = iou.max(dim=1)  # first max among equals -> lower GT index
-            upd = v > best_iou  # strict: earlier chunks win ties
-            best_iou = torch.where(upd, v, best_iou)
-            best_gt = torch.where(upd, a + sl.start, best_gt)
+        # ---- stage 1: prior -> best GT by anchor IoU ------------------------------------------
+        stage1 = self._stage1_windows(priors, gt, anchors) if not self._dense else None
+        if stage1 is None:
+            stage1 = self._stage1_dense(gt, anchors)
+        best_iou, best_gt = stage1
         pos1 = best_iou >= self.t1  # (B, N)
         gt1 = torch.where(pos1, best_gt, -1)
         # M_g: stage-1 positives per GT, (B, G)
@@ -152,35 +158,43 @@ class HAMBoxAssigner(Assigner):
         # Only the (B, g, kc) selected entries matter for collisions: the winner of a prior is the
         # highest predicted IoU among the GTs that selected it, ties to the lower GT index (running
         # amax over chunks, then amin of the GT index among the entries that reach it).
+        # Chunks of (images x GTs) small enough to stay in the cache (a whole (B, G, N) chunk streams
+        # every pass from memory and was slower than a loop over images). Masks are applied with
+        # clamp / threshold / minimum: torch.where and masked_fill are ~20x slower on the CPU.
         kc = min(self.k, N)
         rank = torch.arange(kc, device=device)
         comp_iou = torch.full((B, N), -1.0, dtype=dtype, device=device)  # winning predicted IoU
         pos1_piou = torch.zeros(B, N, dtype=dtype, device=device)  # predicted IoU of stage-1 positives
         max_piou = torch.zeros(B, N, dtype=dtype, device=device)  # best predicted IoU over valid GTs
-        sel_val, sel_idx = [], []  # per chunk (B, g * kc): selected predicted IoU (-1 = not kept), prior
-        for sl in chunks:
-            g = sl.stop - sl.start
-            valid = gt.mask[:, sl, None]  # (B, g, 1)
-            piou = batched_box_iou(gt.boxes[:, sl], pboxes)  # (B, g, N)
-            piou = piou.nan_to_num_(nan=0.0).clamp_(0.0, 1.0).masked_fill_(~valid, 0.0)
+        sv = torch.full((B, G * kc), -1.0, dtype=dtype, device=device)  # selected predicted IoU, GT-major
+        si = torch.zeros(B, G * kc, dtype=torch.long, device=device)  # selected prior
+        # upper clamp bound 1 for valid GTs, 0 for padded ones (their IoU becomes 0); -1 cap on the
+        # stage-1 positives (not candidates); t2 threshold just below t2 so that ``> thr`` is ``>= t2``
+        vmax = gt.mask.to(dtype)[..., None]  # (B, G, 1)
+        cap = torch.where(pos1, -1.0, float("inf")).to(dtype)[:, None, :]  # (B, 1, N)
+        thr = torch.nextafter(torch.tensor(self.t2, dtype=dtype), torch.tensor(-1.0, dtype=dtype)).item()
+        for bs, gs in image_gt_chunks(B, G, N, min(self.max_pairs, CACHE_PAIRS)):
+            b, g = bs.stop - bs.start, gs.stop - gs.start
+            piou = batched_box_iou(gt.boxes[bs, gs], pboxes[bs])  # (b, g, N)
+            piou = piou.nan_to_num_(nan=0.0).clamp_(min=torch.zeros((), dtype=dtype), max=vmax[bs, gs])
             if self.ignore_pred_negatives:
-                max_piou = torch.maximum(max_piou, piou.max(dim=1).values)
+                torch.maximum(max_piou[bs], piou.amax(dim=1), out=max_piou[bs])
             # stage-1 positives whose GT is in this chunk: their predicted IoU
-            local = gt1 - sl.start  # (B, N)
-            here = pos1 & (local >= 0) & (local < g)
-            got = piou.gather(1, local.clamp(0, g - 1)[:, None, :])[:, 0]  # (B, N)
-            pos1_piou = torch.where(here, got, pos1_piou)
-            # candidates of each GT (stage-1 negatives with predicted IoU >= t2; invalid GTs have
+            local = gt1[bs] - gs.start  # (b, N)
+            here = pos1[bs] & (local >= 0) & (local < g)
+            got = piou.gather(1, local.clamp(0, g - 1)[:, None, :])[:, 0]  # (b, N)
+            pos1_piou[bs] = torch.where(here, got, pos1_piou[bs])
+            # candidates of each GT (stage-1 negatives with predicted IoU >= t2; padded GTs have
             # piou 0 < t2), best kc of them; piou becomes the score in place
-            score = piou.masked_fill_((piou < self.t2) | pos1[:, None, :], -1.0)  # (B, g, N)
-            vals, idx = score.topk(kc, dim=2)  # (B, g, kc), sorted descending
-            need = (self.k - m[:, sl]).clamp(min=0)[..., None]  # (B, g, 1)
+            score = torch.nn.functional.threshold_(piou, thr, -1.0)
+            torch.minimum(score, cap[bs], out=score)  # (b, g, N)
+            vals, idx = score.topk(kc, dim=2)  # (b, g, kc), sorted descending
+            need = (self.k - m[bs, gs]).clamp(min=0)[..., None]  # (b, g, 1)
             keep = (vals >= self.t2) & (rank < need)
-            v = torch.where(keep, vals, -1.0).view(B, g * kc)
-            comp_iou.scatter_reduce_(1, idx.view(B, g * kc), v, reduce="amax", include_self=True)
-            sel_val.append(v)
-            sel_idx.append(idx.view(B, g * kc))
-        sv, si = torch.cat(sel_val, 1), torch.cat(sel_idx, 1)  # (B, G * kc), GT-major
+            v = torch.where(keep, vals, -1.0).view(b, g * kc)
+            comp_iou[bs].scatter_reduce_(1, idx.view(b, g * kc), v, reduce="amax", include_self=True)
+            sv[bs, gs.start * kc : gs.stop * kc] = v
+            si[bs, gs.start * kc : gs.stop * kc] = idx.view(b, g * kc)
         sg = torch.arange(G, device=device).repeat_interleave(kc).expand(B, G * kc)
         win = (sv >= 0) & (sv == comp_iou.gather(1, si))
         comp_gt = torch.full((B, N), G, dtype=torch.long, device=device)
@@ -206,3 +220,50 @@ class HAMBoxAssigner(Assigner):
                 "anchor_iou": best_iou.clamp(min=0.0).float(),
             },
         )
+
+    def _stage1_dense(self, gt: GroundTruth, anchors: Tensor) -> tuple[Tensor, Tensor]:
+        """Best anchor IoU ``(B, N)`` of every prior over the valid GTs (-1 in images without one) and
+        its GT (lowest index on ties): running argmax over GT chunks."""
+        B, G, N = gt.batch_size, gt.max_boxes, anchors.shape[0]
+        device, dtype = anchors.device, anchors.dtype
+        best_iou = torch.full((B, N), -1.0, dtype=dtype, device=device)
+        best_gt = torch.full((B, N), -1, dtype=torch.long, device=device)
+        for sl in gt_chunks(B, G, N, self.max_pairs):
+            valid = gt.mask[:, sl, None]  # (B, g, 1)
+            iou = batched_box_iou(gt.boxes[:, sl], anchors)  # (B, g, N)
+            iou.masked_fill_(~valid, -1.0)
+            v, a = iou.max(dim=1)  # first max among equals -> lower GT index
+            upd = v > best_iou  # strict: earlier chunks win ties
+            best_iou = torch.where(upd, v, best_iou)
+            best_gt = torch.where(upd, a + sl.start, best_gt)
+        return best_iou, best_gt
+
+    def _stage1_windows(self, priors: Priors, gt: GroundTruth, anchors: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Stage 1 on the CPU over each GT's window of overlapping priors (see ``_grid``): a prior
+        outside every window has IoU 0, below ``t1 > 0``. Same ``pos1`` / ``gt1`` / ``anchor_iou`` as
+        the dense path (a best IoU of 0 reads 0 here, -1 there in images without GT: both clamp to 0
+        and stay below ``t1``). ``None`` when the window path does not apply (not CPU / float32, no
+        grid, or a masked-in GT box that is not finite with positive size)."""
+        layouts = level_layouts(priors)
+        if not use_windows(layouts, anchors.device, anchors.dtype):
+            return None
+        boxes = gt.boxes
+        if bool((gt.mask & ~valid_box_mask(boxes)).any()):
+            return None
+        runs = iou_runs(anchors, layouts, boxes)
+        if runs is None:
+            return None
+        B, N = gt.batch_size, anchors.shape[0]
+        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        best_key = torch.full((B * N,), -1, dtype=torch.long, device=anchors.device)
+        for ch in plan_windows(runs, layouts, gt.mask, min(self.max_pairs, CACHE_PAIRS)):
+            gb, ga = boxes[ch.image, ch.gt], area[ch.image, ch.gt]
+            low = LOW32 - ch.gt[:, None]
+            for lv, lay in enumerate(layouts):
+                if 0 in ch.sizes[lv]:
+                    continue
+                iou = window_iou(anchors, lay, ch, lv, gb, ga)  # (S, K)
+                pid = window_prior_index(lay, ch, lv, N)
+                best_key.scatter_reduce_(0, pid.view(-1), sort_key(iou, low).view(-1), reduce="amax")
+        _, best_iou, best_gt = unpack_best(best_key.view(B, N), anchors.dtype)
+        return best_iou, best_gt
