@@ -129,8 +129,9 @@ def test_yolov5_loss_duplicates_count_twice_and_errors():
     head = Head(cls=torch.zeros(1, 8, 2), box=torch.zeros(1, 8, 4), obj=torch.zeros(1, 8))
     _, items = YOLOv5Loss(balance=(4.0,))(head, pred, pri, gt, a2)
     assert items["box"].item() == pytest.approx(0.05 * (0.2 + 0.2 + 0.4) / 3, rel=1e-5)
-    with pytest.raises(ValueError, match="matches"):
-        YOLOv5Loss(balance=(4.0,))(head, pred, pri, gt, a.replace(matches=None))
+    # without match rows: one row per positive prior of the dense view (no duplicates)
+    _, items = YOLOv5Loss(balance=(4.0,))(head, pred, pri, gt, a.replace(matches=None))
+    assert items["box"].item() == pytest.approx(0.05 * (0.2 + 0.4) / 2, rel=1e-5)
     with pytest.raises(ValueError, match="levels"):
         YOLOv5Loss()(head, pred, pri, gt, a)
 
@@ -187,3 +188,43 @@ def test_yolov5_loss_finite_with_the_yolov5_assigner(scenario):
         assert gr is None or torch.isfinite(gr).all()
     if scenario != "no_gt":
         assert len(a.matches) > 0 and items["box"] > 0
+
+
+@pytest.mark.parametrize("name", ["atss", "maxiou", "topk"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_yolov5_loss_on_a_dense_assignment_equals_one_row_per_positive(name, label_smoothing):
+    """Without ``matches`` (any assigner but YOLOv5's) the loss reads one row per positive prior;
+    it must equal the row path fed exactly those rows (values and gradients), ignore band included."""
+    from assignlab.assigners import ASSIGNERS
+    from assignlab.assigners.yolov5 import YOLOV5S_ANCHORS
+
+    pri = make_priors((64, 96), anchors=[lvl[:1] for lvl in YOLOV5S_ANCHORS])
+    B, N, C = 2, pri.num_priors, 3
+    gt = GroundTruth.from_lists([torch.tensor([[4.0, 6.0, 30.0, 40.0], [30.0, 20.0, 60.0, 50.0], [0, 0, 90, 60]]),
+                                 torch.tensor([[10.0, 10.0, 20.0, 16.0]])],
+                                [torch.tensor([0, 2, 1]), torch.tensor([1])])
+    kw = {"pos_iou_thr": 0.3, "neg_iou_thr": 0.1} if name == "maxiou" else {}
+    a = ASSIGNERS[name](**kw)(pri, gt)
+    assert a.matches is None and a.positive.sum() >= 4
+    if name == "maxiou":
+        assert a.ignore.any()
+    b, p = a.positive.nonzero(as_tuple=True)
+    rows = Matches(b, p, a.gt_index[b, p], a.box_weight[b, p], torch.ones_like(b, dtype=torch.bool),
+                   torch.ones_like(b, dtype=torch.float32))
+    a_rows = a.replace(matches=rows)
+    g = torch.Generator().manual_seed(1)
+    cls0, obj0 = torch.randn(B, N, C, generator=g), torch.randn(B, N, generator=g)
+    xy = torch.rand(B, N, 2, generator=g) * 60
+    pred0 = torch.cat([xy, xy + 2 + torch.rand(B, N, 2, generator=g) * 30], -1)
+    loss = YOLOv5Loss(balance=(4.0, 1.0, 0.4), label_smoothing=label_smoothing)
+    results = []
+    for asg in (a, a_rows):
+        cls, obj, pred = (t.clone().requires_grad_(True) for t in (cls0, obj0, pred0))
+        total, items = loss(Head(cls=cls, box=torch.zeros(B, N, 4), obj=obj), pred, pri, gt, asg)
+        results.append((total, items, torch.autograd.grad(total, [cls, obj, pred])))
+    (t_d, i_d, g_d), (t_r, i_r, g_r) = results
+    assert t_d.item() == pytest.approx(t_r.item(), rel=1e-6) and i_d["box"].item() > 0 and i_d["cls"].item() > 0
+    for k in ("box", "obj", "cls"):
+        assert i_d[k].item() == pytest.approx(i_r[k].item(), rel=1e-6, abs=1e-9)
+    for x, y in zip(g_d, g_r):
+        assert torch.allclose(x, y, rtol=1e-5, atol=1e-8)

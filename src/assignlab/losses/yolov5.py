@@ -33,6 +33,11 @@ last (``index_put_`` with duplicate indices, unspecified order). We take the **m
 rows (deterministic; the reference's ``sort_obj_iou=True``). See
 :func:`~assignlab.losses.objectness.scatter_objectness_target`.
 
+Any assigner: an assignment without ``matches`` (every assigner but YOLOv5's) is read as one row
+per positive prior (its ``gt_index``, weight ``box_weight``), computed densely; ignored priors
+(``assignment.ignore``) are left out of the objectness mean, as in both paths. This is "YOLOv5's
+loss with another sample selection" (issue #8's comparison of assigners under one loss).
+
 Not reproduced: ``autobalance`` (YOLOv5 adapts ``balance`` during training; off by default there).
 Match weights (the assigner's ``distance_weighting`` variant; 1 for YOLOv5) weight each row's box
 and class terms; the objectness target is not weighted.
@@ -78,7 +83,8 @@ class YOLOv5Loss:
 
     Call: ``loss(out, pred_boxes, priors, gt, assignment) -> (total, parts)`` with ``out`` a
     :class:`~assignlab.models.HeadOutput` (``cls (B, N, C)``, ``obj (B, N)``), ``pred_boxes``
-    ``(B, N, 4)`` decoded xyxy px (differentiable), ``assignment.matches`` the YOLOv5 rows.
+    ``(B, N, 4)`` decoded xyxy px (differentiable), ``assignment.matches`` the YOLOv5 rows (or, when
+    ``None``, one row per positive of the dense assignment).
     ``parts`` = ``{"box", "obj", "cls"}`` after the gains, detached (YOLOv5's ``loss_items``).
     """
 
@@ -141,11 +147,40 @@ class YOLOv5Loss:
         value = (1.0 - self.gr) + self.gr * row_ciou.detach().clamp(min=0)
         return scatter_objectness_target(assignment.shape, m.batch, m.prior, value, dtype=row_ciou.dtype)
 
+    def dense_terms(self, out, pred_boxes: Tensor, priors: Priors, gt: GroundTruth, assignment: Assignment,
+                    levels: Tensor, L: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(lbox, tobj (B, N), lcls)`` with one row per positive prior (assignments without
+        ``matches``): the same per-level means as the row path, computed densely (no host sync)."""
+        B, N, C = out.cls.shape
+        pos = assignment.positive
+        dtype = pred_boxes.dtype
+        gi = assignment.gt_index.clamp(min=0)
+        origin = priors.points.to(device=pred_boxes.device, dtype=dtype).repeat(1, 2)
+        s = priors.strides.to(device=pred_boxes.device, dtype=dtype)[:, None]
+        unit = torch.tensor([-0.5, -0.5, 0.5, 0.5], dtype=dtype, device=pred_boxes.device)
+        tb = torch.gather(gt.boxes.to(dtype), 1, gi[..., None].expand(B, N, 4))
+        m = pos[..., None]
+        # non-positive rows get a unit box: finite, and masked out of every term below
+        ciou = complete_iou(torch.where(m, (pred_boxes - origin) / s, unit), torch.where(m, (tb - origin) / s, unit),
+                            **ULTRALYTICS_CIOU)
+        w = assignment.box_weight.to(dtype)
+        ones = (1.0,) * L
+        lbox, _ = level_balanced_mean((1.0 - ciou) * w, levels, ones, ~pos)
+        value = (1.0 - self.gr) + self.gr * ciou.detach().clamp(min=0)
+        tobj = torch.where(pos, value, torch.zeros_like(value))
+        if C > 1:
+            cn = 0.5 * self.label_smoothing
+            labels = torch.gather(gt.labels, 1, gi).clamp(0, C - 1)  # padded rows may hold anything
+            t = class_one_hot(labels, C, out.cls.dtype) * (1.0 - 2 * cn) + cn
+            cls_el = self._bce(out.cls, t, self.cls_pw).mean(dim=-1)  # (B, N)
+            lcls, _ = level_balanced_mean(cls_el * w.to(cls_el.dtype), levels, ones, ~pos)
+        else:
+            lcls = out.cls.sum() * 0.0
+        return lbox, tobj, lcls
+
     def __call__(self, out, pred_boxes: Tensor, priors: Priors, gt: GroundTruth,
                  assignment: Assignment) -> tuple[Tensor, dict[str, Tensor]]:
         m = assignment.matches
-        if m is None:
-            raise ValueError("YOLOv5Loss needs assignment.matches (the sparse rows of YOLOv5Assigner)")
         if out.obj is None:
             raise ValueError("YOLOv5Loss needs an objectness head (out.obj is None)")
         B, N, C = out.cls.shape
@@ -155,6 +190,11 @@ class YOLOv5Loss:
         if len(self.balance) != L:
             raise ValueError(f"balance has {len(self.balance)} entries but the priors have {L} levels")
         levels = priors.levels.to(pred_boxes.device)
+        if m is None:
+            lbox, tobj, lcls = self.dense_terms(out, pred_boxes, priors, gt, assignment, levels, L)
+            obj_el = self._bce(out.obj, tobj.to(out.obj.dtype), self.obj_pw)
+            lobj, _ = level_balanced_mean(obj_el, levels, self.balance, assignment.ignore)
+            return self._total(lbox, lobj, lcls, B)
         row_level = levels[m.prior]
         w = m.weight.to(pred_boxes.dtype)
 
@@ -175,6 +215,9 @@ class YOLOv5Loss:
         else:
             lcls = out.cls.sum() * 0.0
 
+        return self._total(lbox, lobj, lcls, B)
+
+    def _total(self, lbox: Tensor, lobj: Tensor, lcls: Tensor, B: int) -> tuple[Tensor, dict[str, Tensor]]:
         items = {"box": lbox * self.box, "obj": lobj * self.obj, "cls": lcls * self.cls}
         total = items["box"] + items["obj"] + items["cls"]
         if self.multiply_batch:
