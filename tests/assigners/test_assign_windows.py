@@ -8,7 +8,7 @@ import torch
 from assign_testutils import random_boxes
 from torchvision.ops import box_iou
 
-from assignlab.assigners import FCOSAssigner, HAMBoxAssigner, MaxIoUAssigner, TopKAssigner
+from assignlab.assigners import FCOSAssigner, HAMBoxAssigner, MaxIoUAssigner, NoisyAnchorAssigner, TopKAssigner
 from assignlab.assigners._grid import (
     iou_runs,
     level_layouts,
@@ -156,3 +156,19 @@ def test_hambox_windows_equal_dense(ign):
             got = HAMBoxAssigner(ignore_pred_negatives=ign, max_pairs=mp, **kw)(priors, gt, pred_boxes=pred,
                                                                               pred_scores=scores)
             same(got, ref)
+
+
+@pytest.mark.parametrize("anchors", [None, ANCHORS])
+def test_noisy_windows_equal_dense(anchors):
+    priors = make_priors(SIZE, anchors=anchors)
+    for integer in (False, True):  # integer boxes: many tied anchor IoUs at the bag boundary
+        gt = hard_gt(7, integer)
+        g = torch.Generator().manual_seed(1)
+        n = priors.num_priors
+        pred = priors.boxes(8.0)[None].expand(3, n, 4) + torch.randn(3, n, 4, generator=g) * 4
+        scores = torch.rand(3, n, 2, generator=g)
+        for kw in ({}, {"n": 9}, {"n": 700, "gamma": 2.0}):
+            ref = dense(NoisyAnchorAssigner(**kw))(priors, gt, pred_boxes=pred, pred_scores=scores)
+            assert ref.positive.any()
+            for mp in (2**25, 1, 5000):
+                same(NoisyAnchorAssigner(max_pairs=mp, **kw)(priors, gt, pred_boxes=pred, pred_scores=scores), ref)

@@ -283,6 +283,11 @@ class WindowChunk:
     col0: tuple[Tensor, ...]  # per level (S,) first window column
     sizes: tuple[tuple[int, int], ...]  # per level (rows, cols) of the windows
 
+    def part(self, sl: slice) -> WindowChunk:
+        """The GTs ``sl`` of this chunk, with the same window sizes."""
+        return WindowChunk(self.image[sl], self.gt[sl], tuple(t[sl] for t in self.row0),
+                           tuple(t[sl] for t in self.col0), self.sizes)
+
 
 def use_windows(layouts: Sequence[LevelLayout], device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the sparse window path applies: CPU, float32 (the packed sort keys are exact for

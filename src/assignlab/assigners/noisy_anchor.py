@@ -49,8 +49,9 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors
-from ..core.boxes import aligned_box_iou, batched_box_iou
+from ..core.boxes import aligned_box_iou, batched_box_iou, valid_box_mask
 from ..core.chunking import CACHE_PAIRS, image_gt_chunks
+from ._grid import iou_runs, level_layouts, plan_windows, use_windows, window_iou, window_prior_index
 from .base import Assigner, check_gt_labels, check_predictions, positive, positive_int, unit_interval
 
 __all__ = ["NoisyAnchorAssigner"]
@@ -105,6 +106,7 @@ class NoisyAnchorAssigner(Assigner):
         self.gamma = float(gamma)
         self.eps = float(eps)
         self.square_scale = float(square_scale)
+        self._dense = False  # tests: force the dense (b, g, N) path on the CPU
 
     def __call__(
         self,
@@ -132,21 +134,8 @@ class NoisyAnchorAssigner(Assigner):
         best_iou = torch.full((B, N), -1.0, dtype=dtype, device=device)
         bv = torch.full((B, G * kn), -1.0, dtype=dtype, device=device)  # bag anchor IoU (-1 = out), GT-major
         bi = torch.zeros(B, G * kn, dtype=torch.long, device=device)  # bag prior
-        # padded rows: a zero box (IoU 0, never NaN), then -1 through ``minimum`` with a per-GT cap
-        # (torch.where / masked_fill are ~20x slower than minimum on the CPU)
-        boxes = torch.where(gt.mask[..., None], gt.boxes.to(dtype), 0.0)
-        cap = torch.where(gt.mask, float("inf"), -1.0).to(dtype)[..., None]  # (B, G, 1)
-        # chunks of (images x GTs) small enough to stay in the cache: a whole (B, G, N) chunk streams
-        # every pass from memory and was slower than a loop over images
-        for bs, gs in image_gt_chunks(B, G, N, min(self.max_pairs, CACHE_PAIRS)):
-            b, g = bs.stop - bs.start, gs.stop - gs.start
-            iou = batched_box_iou(boxes[bs, gs], anchors)  # (b, g, N)
-            torch.minimum(iou, cap[bs, gs], out=iou)
-            vals, idx = iou.topk(kn, dim=2)  # (b, g, kn)
-            v = torch.where(vals > 0, vals, -1.0).view(b, g * kn)
-            best_iou[bs].scatter_reduce_(1, idx.view(b, g * kn), v, reduce="amax", include_self=True)
-            bv[bs, gs.start * kn : gs.stop * kn] = v
-            bi[bs, gs.start * kn : gs.stop * kn] = idx.view(b, g * kn)
+        if self._dense or not self._bags_windows(priors, gt, anchors, kn, best_iou, bv, bi):
+            self._bags_dense(gt, anchors, kn, best_iou, bv, bi)
         bg = torch.arange(G, device=device).repeat_interleave(kn).expand(B, G * kn)
         win = (bv > 0) & (bv == best_iou.gather(1, bi))
         best_gt = torch.full((B, N), G, dtype=torch.long, device=device)
@@ -187,3 +176,68 @@ class NoisyAnchorAssigner(Assigner):
                 "scores": prob.float(),
             },
         )
+
+    def _bags_dense(self, gt: GroundTruth, anchors: Tensor, kn: int, best_iou: Tensor, bv: Tensor, bi: Tensor) -> None:
+        """Candidate bags from dense ``(b, g, N)`` anchor IoUs, in place into ``best_iou`` ``(B, N)``
+        (running amax of the bag IoUs), ``bv`` / ``bi`` ``(B, G * kn)`` (bag IoU or -1, prior)."""
+        B, G, N = gt.batch_size, gt.max_boxes, anchors.shape[0]
+        dtype = anchors.dtype
+        # padded rows: a zero box (IoU 0, never NaN), then -1 through ``minimum`` with a per-GT cap
+        # (torch.where / masked_fill are ~20x slower than minimum on the CPU)
+        boxes = torch.where(gt.mask[..., None], gt.boxes.to(dtype), 0.0)
+        cap = torch.where(gt.mask, float("inf"), -1.0).to(dtype)[..., None]  # (B, G, 1)
+        # chunks of (images x GTs) small enough to stay in the cache: a whole (B, G, N) chunk streams
+        # every pass from memory and was slower than a loop over images
+        for bs, gs in image_gt_chunks(B, G, N, min(self.max_pairs, CACHE_PAIRS)):
+            b, g = bs.stop - bs.start, gs.stop - gs.start
+            iou = batched_box_iou(boxes[bs, gs], anchors)  # (b, g, N)
+            torch.minimum(iou, cap[bs, gs], out=iou)
+            vals, idx = iou.topk(kn, dim=2)  # (b, g, kn)
+            v = torch.where(vals > 0, vals, -1.0).view(b, g * kn)
+            best_iou[bs].scatter_reduce_(1, idx.view(b, g * kn), v, reduce="amax", include_self=True)
+            bv[bs, gs.start * kn : gs.stop * kn] = v
+            bi[bs, gs.start * kn : gs.stop * kn] = idx.view(b, g * kn)
+
+    def _bags_windows(
+        self, priors: Priors, gt: GroundTruth, anchors: Tensor, kn: int, best_iou: Tensor, bv: Tensor, bi: Tensor
+    ) -> bool:
+        """Same bags on the CPU without the dense IoU: each GT's row of anchor IoUs is rebuilt from its
+        windows of overlapping priors (see ``_grid``; the values are bit-identical, every other prior
+        has IoU exactly 0) scattered into zeros, then ``topk`` runs on that row exactly as on the dense
+        one, so ties at the bag boundary (common: a small GT inside many equal squares) resolve the
+        same way. GTs without a window keep the empty bag (-1), as their all-zero dense row gives.
+        Returns False when the window path does not apply (not CPU / float32, no grid, or a masked-in
+        GT box that is not finite with positive size)."""
+        layouts = level_layouts(priors)
+        if not use_windows(layouts, anchors.device, anchors.dtype):
+            return False
+        boxes = gt.boxes
+        if bool((gt.mask & ~valid_box_mask(boxes)).any()):
+            return False
+        runs = iou_runs(anchors, layouts, boxes)
+        if runs is None:
+            return False
+        B, G, N = gt.batch_size, gt.max_boxes, anchors.shape[0]
+        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        rows_per_chunk = max(1, min(self.max_pairs, CACHE_PAIRS) // N)
+        row = torch.empty(rows_per_chunk * N, dtype=anchors.dtype, device=anchors.device)
+        bv3, bi3 = bv.view(B, G, kn), bi.view(B, G, kn)
+        flat_best = best_iou.view(-1)
+        for big in plan_windows(runs, layouts, gt.mask, min(self.max_pairs, CACHE_PAIRS)):
+            for s0 in range(0, big.image.shape[0], rows_per_chunk):
+                ch = big.part(slice(s0, s0 + rows_per_chunk))
+                S = ch.image.shape[0]
+                dense = row[: S * N].view(S, N).zero_()
+                gb, ga = boxes[ch.image, ch.gt], area[ch.image, ch.gt]
+                for lv, lay in enumerate(layouts):
+                    if 0 in ch.sizes[lv]:
+                        continue
+                    iou = window_iou(anchors, lay, ch, lv, gb, ga)  # (S, K)
+                    local = window_prior_index(lay, ch, lv, N).sub_((ch.image * N)[:, None])  # prior in image
+                    dense.scatter_(1, local, iou)
+                vals, idx = dense.topk(kn, dim=1)  # (S, kn)
+                v = torch.where(vals > 0, vals, -1.0)
+                flat_best.scatter_reduce_(0, (idx + (ch.image * N)[:, None]).view(-1), v.view(-1), reduce="amax")
+                bv3[ch.image, ch.gt] = v
+                bi3[ch.image, ch.gt] = idx
+        return True
