@@ -334,7 +334,7 @@ def iou_runs(pboxes: Tensor, layouts: Sequence[LevelLayout], gboxes: Tensor) -> 
 
 def plan_windows(
     runs: Sequence[tuple[Tensor, ...]], layouts: Sequence[LevelLayout], valid: Tensor, budget: int,
-    slack: float = 1.5,
+    slack: float = 1.5, min_frac: int = 4,
 ) -> list[WindowChunk]:
     """Chunks of the valid GTs with a non-empty window, sorted by window area, each holding at most
     ``budget`` window entries (at least one GT). ``runs`` per level ``(row0, nrows, col0, ncols)``."""
@@ -361,7 +361,7 @@ def plan_windows(
         cost = np.arange(1, S - s + 1) * (cr * cc * na_arr).sum(axis=0)  # non-decreasing
         # close the chunk at the budget, or past a quarter of it when padding to the largest window
         # would waste more than a third of it (sorted areas: GTs of similar size stay together)
-        fits = (cost <= budget) & ((cost <= slack * exact[s:].cumsum()) | (cost <= budget // 4))
+        fits = (cost <= budget) & ((cost <= slack * exact[s:].cumsum()) | (cost <= budget // min_frac))
         j = max(1, int(np.argmin(fits)) if not fits.all() else len(fits))
         sizes = tuple((int(cr[i, j - 1]), int(cc[i, j - 1])) for i in range(len(layouts)))
         part = ids[s : s + j]
@@ -436,3 +436,12 @@ def unpack_best(key: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor
     val = (key >> 32).to(torch.int32).view(torch.float32).to(dtype)
     gt = _LOW32 - (key & _LOW32)
     return has, torch.where(has, val, 0.0), torch.where(has, gt, -1)
+
+
+def gather_boxes(boxes: Tensor, index: Tensor) -> Tensor:
+    """``boxes[b, index[b, n]]``: ``(B, G, 4)`` x ``(B, N)`` long in ``[0, G)`` -> ``(B, N, 4)``. The same
+    values as ``torch.gather`` with an expanded index, via one ``index_select`` on the flattened
+    boxes (4x faster on the CPU)."""
+    B, G = boxes.shape[:2]
+    flat = (index + torch.arange(B, device=index.device)[:, None] * G).reshape(-1)
+    return boxes.reshape(B * G, 4).index_select(0, flat).view(*index.shape, 4)

@@ -49,6 +49,7 @@ from ..core.chunking import CACHE_PAIRS
 from ._grid import (
     LOW32,
     cell_run,
+    gather_boxes,
     level_layouts,
     monotone_edges,
     plan_windows,
@@ -157,14 +158,14 @@ class FCOSAssigner(Assigner):
             best_gt = self._dense_best(priors, layouts, ranges, pts, gboxes, garea)
         positive = best_gt >= 0
         gt_index = best_gt
-        box = torch.gather(gboxes, 1, gt_index.clamp(min=0)[..., None].expand(B, N, 4))
+        box = gather_boxes(gboxes, gt_index.clamp(min=0))  # (B, N, 4)
         l_, t_ = pts[:, 0] - box[..., 0], pts[:, 1] - box[..., 1]
         r_, b_ = box[..., 2] - pts[:, 0], box[..., 3] - pts[:, 1]
         lr = torch.minimum(l_, r_) / torch.maximum(l_, r_).clamp(min=1e-12)
         tb = torch.minimum(t_, b_) / torch.maximum(t_, b_).clamp(min=1e-12)
         centerness = torch.where(positive, (lr * tb).clamp(min=0).sqrt(), 0.0)
         pboxes = priors.boxes(self.square_scale).to(device=dev, dtype=dtype)
-        iou = aligned_box_iou(pboxes[None].expand(B, N, 4), box, eps=1e-9)
+        iou = aligned_box_iou(pboxes[None], box, eps=1e-9)
         overlaps = torch.where(positive, iou, 0.0)
         return Assignment.from_gt_index(gt_index, extras={"centerness": centerness, "overlaps": overlaps})
 

@@ -51,7 +51,7 @@ from torch import Tensor
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors
 from ..core.boxes import aligned_box_iou, batched_box_iou, valid_box_mask
 from ..core.chunking import CACHE_PAIRS, image_gt_chunks
-from ._grid import iou_runs, level_layouts, plan_windows, use_windows, window_iou, window_prior_index
+from ._grid import gather_boxes, iou_runs, level_layouts, plan_windows, use_windows, window_iou, window_prior_index
 from .base import Assigner, check_gt_labels, check_predictions, positive, positive_int, unit_interval
 
 __all__ = ["NoisyAnchorAssigner"]
@@ -146,7 +146,7 @@ class NoisyAnchorAssigner(Assigner):
         gi = gt_index.clamp(min=0)
 
         # ---- cleanliness from the current predictions (B, N) ----------------------------------
-        gboxes = torch.gather(gt.boxes, 1, gi[..., None].expand(B, N, 4))
+        gboxes = gather_boxes(gt.boxes, gi)  # (B, N, 4)
         piou = aligned_box_iou(_sanitize_pred_boxes(pred_boxes, dtype), gboxes)
         piou = torch.where(positive, torch.nan_to_num(piou, nan=0.0).clamp(0.0, 1.0), 0.0)
         labels = torch.gather(gt.labels, 1, gi).clamp(0, C - 1)  # (B, N); padded rows may hold anything
