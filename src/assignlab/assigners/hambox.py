@@ -53,10 +53,11 @@ import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
-from ..core.boxes import batched_box_iou, valid_box_mask
+from ..core.boxes import aligned_box_iou, batched_box_iou, valid_box_mask
 from ..core.chunking import CACHE_PAIRS, image_gt_chunks
 from ._grid import (
     LOW32,
+    gather_boxes,
     iou_runs,
     level_layouts,
     plan_windows,
@@ -120,7 +121,7 @@ class HAMBoxAssigner(Assigner):
         self.t2 = float(t2)
         self.ignore_pred_negatives = bool(ignore_pred_negatives)
         self.square_scale = float(square_scale)
-        self._dense = False  # tests: force the dense stage 1 on the CPU
+        self._dense = False  # tests: force the dense stages 1 and 2 on the CPU
 
     def __call__(
         self,
@@ -173,7 +174,10 @@ class HAMBoxAssigner(Assigner):
         vmax = gt.mask.to(dtype)[..., None]  # (B, G, 1)
         cap = torch.where(pos1, -1.0, float("inf")).to(dtype)[:, None, :]  # (B, 1, N)
         thr = torch.nextafter(torch.tensor(self.t2, dtype=dtype), torch.tensor(-1.0, dtype=dtype)).item()
-        for bs, gs in image_gt_chunks(B, G, N, min(self.max_pairs, CACHE_PAIRS)):
+        sparse = not self.ignore_pred_negatives and device.type == "cpu" and not self._dense
+        if sparse:
+            pos1_piou = self._stage2_rows(gt, pboxes, pos1, gt1, m, kc, cap, thr, comp_iou, sv, si)
+        for bs, gs in [] if sparse else image_gt_chunks(B, G, N, min(self.max_pairs, CACHE_PAIRS)):
             b, g = bs.stop - bs.start, gs.stop - gs.start
             piou = batched_box_iou(gt.boxes[bs, gs], pboxes[bs])  # (b, g, N)
             piou = piou.nan_to_num_(nan=0.0).clamp_(min=torch.zeros((), dtype=dtype), max=vmax[bs, gs])
@@ -267,3 +271,45 @@ class HAMBoxAssigner(Assigner):
                 best_key.scatter_reduce_(0, pid.view(-1), sort_key(iou, low).view(-1), reduce="amax")
         _, best_iou, best_gt = unpack_best(best_key.view(B, N), anchors.dtype)
         return best_iou, best_gt
+
+    def _stage2_rows(
+        self, gt: GroundTruth, pboxes: Tensor, pos1: Tensor, gt1: Tensor, m: Tensor, kc: int, cap: Tensor,
+        thr: float, comp_iou: Tensor, sv: Tensor, si: Tensor,
+    ) -> Tensor:
+        """Stage 2 on the CPU when no ignore band is needed: only the GTs that still need anchors
+        (valid, ``M_g < K``; about half of them) get a dense row of predicted IoUs; the others select
+        nothing, exactly as on the dense path where their ``rank < need = 0`` keeps nothing. Rows of
+        one image are batched (``(1, S, 4) x (1, N, 4)``); the values, the ``topk`` rows and the
+        updates of ``comp_iou`` / ``sv`` / ``si`` (in place) equal the dense path's. Returns the
+        predicted IoU of every stage-1 positive with its GT (same operations as the dense IoU)."""
+        B, G = gt.batch_size, gt.max_boxes
+        N, dtype = pboxes.shape[1], pboxes.dtype
+        gb = gather_boxes(gt.boxes, gt1.clamp(min=0))  # (B, N, 4) stage-1 GT of each prior
+        p1 = aligned_box_iou(gb, pboxes).nan_to_num_(nan=0.0).clamp_(0.0, 1.0)  # = the dense IoU values
+        pos1_piou = p1.mul_(pos1.to(dtype))  # finite in [0, 1]: 0 off the stage-1 positives
+        need = (self.k - m).clamp(min=0)  # (B, G)
+        active = gt.mask & (need > 0)  # (B, G)
+        counts = active.sum(dim=1).tolist()  # host sync: CPU path
+        ids = torch.nonzero(active.reshape(-1))[:, 0]  # flat b * G + g, image by image
+        rank = torch.arange(kc, device=pboxes.device)
+        rows = max(1, min(self.max_pairs, CACHE_PAIRS) // max(N, 1))
+        sv3, si3 = sv.view(B, G, kc), si.view(B, G, kc)
+        # (image x GT) blocks: one image's active GTs (split under the budget); blocks without an
+        # active GT cost nothing
+        start = 0
+        blocks = []
+        for b, c in enumerate(counts):
+            blocks += [(b, ids[s0 : min(s0 + rows, start + c)] % G) for s0 in range(start, start + c, rows)]
+            start += c
+        for b, g in blocks:
+            piou = batched_box_iou(gt.boxes[b, g][None], pboxes[b : b + 1])[0]  # (S, N)
+            piou = piou.nan_to_num_(nan=0.0).clamp_(0.0, 1.0)
+            score = torch.nn.functional.threshold_(piou, thr, -1.0)
+            torch.minimum(score, cap[b], out=score)
+            vals, idx = score.topk(kc, dim=1)  # (S, kc)
+            keep = (vals >= self.t2) & (rank < need[b, g][:, None])
+            v = torch.where(keep, vals, -1.0)
+            comp_iou[b].scatter_reduce_(0, idx.view(-1), v.view(-1), reduce="amax")
+            sv3[b, g] = v
+            si3[b, g] = idx
+        return pos1_piou
