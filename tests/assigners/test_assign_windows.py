@@ -52,6 +52,12 @@ def dense(assigner):
     return assigner
 
 
+def windows(assigner):
+    """Force the window path (MaxIoU / noisy pick the dense one for small problems like these)."""
+    assigner._dense = False
+    return assigner
+
+
 @pytest.mark.parametrize("anchors", [None, ANCHORS])
 @pytest.mark.parametrize("integer", [False, True])
 def test_maxiou_windows_equal_dense(anchors, integer):
@@ -65,7 +71,7 @@ def test_maxiou_windows_equal_dense(anchors, integer):
             ref = dense(MaxIoUAssigner(**kw))(priors, gt)
             assert ref.positive.any()
             for mp in (2**25, 1, 500):
-                same(MaxIoUAssigner(max_pairs=mp, **kw)(priors, gt), ref)
+                same(windows(MaxIoUAssigner(max_pairs=mp, **kw))(priors, gt), ref)
 
 
 @pytest.mark.parametrize("anchors", [None, ANCHORS])
@@ -171,4 +177,15 @@ def test_noisy_windows_equal_dense(anchors):
             ref = dense(NoisyAnchorAssigner(**kw))(priors, gt, pred_boxes=pred, pred_scores=scores)
             assert ref.positive.any()
             for mp in (2**25, 1, 5000):
-                same(NoisyAnchorAssigner(max_pairs=mp, **kw)(priors, gt, pred_boxes=pred, pred_scores=scores), ref)
+                got = windows(NoisyAnchorAssigner(max_pairs=mp, **kw))(priors, gt, pred_boxes=pred, pred_scores=scores)
+                same(got, ref)
+
+
+def test_auto_path_on_a_benchmark_sized_batch():
+    """640 px, 2 images x 70 GTs (> CACHE_PAIRS pairs): the default picks the window path."""
+    from assignlab.bench.assign import make_inputs
+
+    for name, cls in (("maxiou", MaxIoUAssigner), ("noisy", NoisyAnchorAssigner), ("topk", TopKAssigner)):
+        priors, gt, preds = make_inputs(name, 2, 70, seed=3)
+        kw = preds if cls.requires_predictions else {}
+        same(cls()(priors, gt, **kw), dense(cls())(priors, gt, **kw))

@@ -139,7 +139,9 @@ class MaxIoUAssigner(Assigner):
         self.ignore_wrt_candidates = bool(ignore_wrt_candidates)
         self.square_scale = float(square_scale)
         self._neg_range = (lo, hi)
-        self._dense = False  # tests: force the dense (B, g, N) path on the CPU
+        # tests: True forces the dense (B, g, N) path on the CPU, False the window path; None picks
+        # by size (a single image of ~100 GTs is faster dense: fewer operations)
+        self._dense: bool | None = None
 
     def __call__(self, priors: Priors, gt: GroundTruth, **predictions: Tensor) -> Assignment:
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
@@ -158,7 +160,8 @@ class MaxIoUAssigner(Assigner):
         if ignored is not None:
             ignored = ignored & has_gt[:, None]
         layouts = [lay for lay in level_layouts(priors) if lay.n > 0]
-        if use_windows(layouts, dev, dtype) and not self._dense:
+        small = B * G * N <= CACHE_PAIRS
+        if use_windows(layouts, dev, dtype) and not (self._dense or (self._dense is None and small)):
             runs = iou_runs(pboxes, layouts, gboxes)
             if runs is not None:
                 return self._windows(pboxes, layouts, runs, gboxes, garea, valid, has_gt, ignored)

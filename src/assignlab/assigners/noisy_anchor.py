@@ -106,7 +106,9 @@ class NoisyAnchorAssigner(Assigner):
         self.gamma = float(gamma)
         self.eps = float(eps)
         self.square_scale = float(square_scale)
-        self._dense = False  # tests: force the dense (b, g, N) path on the CPU
+        # tests: True forces the dense (b, g, N) path on the CPU, False the window path; None picks
+        # by size (a single image of ~100 GTs is faster dense: fewer operations)
+        self._dense: bool | None = None
 
     def __call__(
         self,
@@ -134,7 +136,8 @@ class NoisyAnchorAssigner(Assigner):
         best_iou = torch.full((B, N), -1.0, dtype=dtype, device=device)
         bv = torch.full((B, G * kn), -1.0, dtype=dtype, device=device)  # bag anchor IoU (-1 = out), GT-major
         bi = torch.zeros(B, G * kn, dtype=torch.long, device=device)  # bag prior
-        if self._dense or not self._bags_windows(priors, gt, anchors, kn, best_iou, bv, bi):
+        dense = self._dense if self._dense is not None else B * G * N <= CACHE_PAIRS
+        if dense or not self._bags_windows(priors, gt, anchors, kn, best_iou, bv, bi):
             self._bags_dense(gt, anchors, kn, best_iou, bv, bi)
         bg = torch.arange(G, device=device).repeat_interleave(kn).expand(B, G * kn)
         win = (bv > 0) & (bv == best_iou.gather(1, bi))
