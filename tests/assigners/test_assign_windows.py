@@ -53,7 +53,7 @@ def dense(assigner):
 
 
 def windows(assigner):
-    """Force the window path (MaxIoU / noisy pick the dense one for small problems like these)."""
+    """Force the sparse path (the default picks the dense one for small problems like these)."""
     assigner._dense = False
     return assigner
 
@@ -83,7 +83,7 @@ def test_topk_windows_equal_dense(anchors, integer):
         ref = dense(TopKAssigner(**kw))(priors, gt)
         assert ref.positive.any()
         for mp in (2**25, 1, 500):
-            same(TopKAssigner(max_pairs=mp, **kw)(priors, gt), ref)
+            same(windows(TopKAssigner(max_pairs=mp, **kw))(priors, gt), ref)
 
 
 def test_window_iou_bit_identical_and_covers_every_overlap():
@@ -142,7 +142,7 @@ def test_fcos_windows_equal_dense(center_sampling, anchors):
         ref = dense(FCOSAssigner(center_sampling=center_sampling, **kw))(priors, gt)
         assert ref.positive.any()
         for mp in (2**25, 1, 500):
-            same(FCOSAssigner(center_sampling=center_sampling, max_pairs=mp, **kw)(priors, gt), ref)
+            same(windows(FCOSAssigner(center_sampling=center_sampling, max_pairs=mp, **kw))(priors, gt), ref)
 
 
 @pytest.mark.parametrize("ign", [False, True])
@@ -159,7 +159,7 @@ def test_hambox_windows_equal_dense(ign):
         ref = dense(HAMBoxAssigner(ignore_pred_negatives=ign, **kw))(priors, gt, pred_boxes=pred, pred_scores=scores)
         assert ref.positive.any() and ref.extras["compensated"].any()
         for mp in (2**25, 1, 500):
-            got = HAMBoxAssigner(ignore_pred_negatives=ign, max_pairs=mp, **kw)(priors, gt, pred_boxes=pred,
+            got = windows(HAMBoxAssigner(ignore_pred_negatives=ign, max_pairs=mp, **kw))(priors, gt, pred_boxes=pred,
                                                                               pred_scores=scores)
             same(got, ref)
 
@@ -185,7 +185,8 @@ def test_auto_path_on_a_benchmark_sized_batch():
     """640 px, 2 images x 70 GTs (> CACHE_PAIRS pairs): the default picks the window path."""
     from assignlab.bench.assign import make_inputs
 
-    for name, cls in (("maxiou", MaxIoUAssigner), ("noisy", NoisyAnchorAssigner), ("topk", TopKAssigner)):
+    for name, cls in (("maxiou", MaxIoUAssigner), ("noisy", NoisyAnchorAssigner), ("topk", TopKAssigner),
+                      ("fcos", FCOSAssigner), ("hambox", HAMBoxAssigner)):
         priors, gt, preds = make_inputs(name, 2, 70, seed=3)
         kw = preds if cls.requires_predictions else {}
         same(cls()(priors, gt, **kw), dense(cls())(priors, gt, **kw))

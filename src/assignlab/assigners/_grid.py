@@ -273,6 +273,11 @@ def static_inputs(priors: Priors, gt: GroundTruth, square_scale: float):
 # flattened and sorted by window area first: GTs of similar size, from any image, share a chunk.
 
 
+#: Below this many (B x G x N) pairs the dense path is faster than the windows on the CPU (it has
+#: fewer operations; measured: one image of 10 GTs x 8400 priors, TopK 3.6 vs 4.4 ms).
+SMALL_DENSE = 2**18
+
+
 @dataclass(frozen=True)
 class WindowChunk:
     """``S`` GTs of the batch (flattened, sorted by window area) and their windows."""

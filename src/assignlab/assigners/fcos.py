@@ -48,6 +48,7 @@ from ..core.boxes import aligned_box_iou
 from ..core.chunking import CACHE_PAIRS
 from ._grid import (
     LOW32,
+    SMALL_DENSE,
     cell_run,
     gather_boxes,
     level_layouts,
@@ -108,7 +109,9 @@ class FCOSAssigner(Assigner):
         self.center_sampling = bool(center_sampling)
         self.radius = float(radius)
         self.square_scale = float(square_scale)
-        self._dense = False  # tests: force the dense (B, g, N) path on the CPU
+        # tests: True forces the dense path on the CPU, False the sparse one; None picks by size
+        # (below SMALL_DENSE pairs, e.g. one image of 10 GTs, the dense path has fewer operations)
+        self._dense: bool | None = None
 
     def level_ranges(self, priors: Priors) -> tuple[tuple[float, float], ...]:
         """The ``(lo, hi)`` range of each level of ``priors``."""
@@ -152,7 +155,8 @@ class FCOSAssigner(Assigner):
         layouts = level_layouts(priors)
 
         best_gt = None
-        if use_windows(layouts, dev, dtype) and not self._dense:
+        dense = self._dense if self._dense is not None else B * G * N < SMALL_DENSE
+        if use_windows(layouts, dev, dtype) and not dense:
             best_gt = self._windows(priors, layouts, ranges, pts, gboxes, garea, valid)
         if best_gt is None:
             best_gt = self._dense_best(priors, layouts, ranges, pts, gboxes, garea)

@@ -57,6 +57,7 @@ from ..core.boxes import aligned_box_iou, batched_box_iou, valid_box_mask
 from ..core.chunking import CACHE_PAIRS, image_gt_chunks
 from ._grid import (
     LOW32,
+    SMALL_DENSE,
     gather_boxes,
     iou_runs,
     level_layouts,
@@ -121,7 +122,9 @@ class HAMBoxAssigner(Assigner):
         self.t2 = float(t2)
         self.ignore_pred_negatives = bool(ignore_pred_negatives)
         self.square_scale = float(square_scale)
-        self._dense = False  # tests: force the dense stages 1 and 2 on the CPU
+        # tests: True forces the dense path on the CPU, False the sparse one; None picks by size
+        # (below SMALL_DENSE pairs, e.g. one image of 10 GTs, the dense path has fewer operations)
+        self._dense: bool | None = None
 
     def __call__(
         self,
@@ -145,7 +148,8 @@ class HAMBoxAssigner(Assigner):
         pboxes = _sanitize_pred_boxes(pred_boxes, dtype)  # (B, N, 4)
 
         # ---- stage 1: prior -> best GT by anchor IoU ------------------------------------------
-        stage1 = self._stage1_windows(priors, gt, anchors) if not self._dense else None
+        dense = self._dense if self._dense is not None else B * G * N < SMALL_DENSE
+        stage1 = self._stage1_windows(priors, gt, anchors) if not dense else None
         if stage1 is None:
             stage1 = self._stage1_dense(gt, anchors)
         best_iou, best_gt = stage1
@@ -174,7 +178,7 @@ class HAMBoxAssigner(Assigner):
         vmax = gt.mask.to(dtype)[..., None]  # (B, G, 1)
         cap = torch.where(pos1, -1.0, float("inf")).to(dtype)[:, None, :]  # (B, 1, N)
         thr = torch.nextafter(torch.tensor(self.t2, dtype=dtype), torch.tensor(-1.0, dtype=dtype)).item()
-        sparse = not self.ignore_pred_negatives and device.type == "cpu" and not self._dense
+        sparse = not self.ignore_pred_negatives and device.type == "cpu" and not dense
         if sparse:
             pos1_piou = self._stage2_rows(gt, pboxes, pos1, gt1, m, kc, cap, thr, comp_iou, sv, si)
         for bs, gs in [] if sparse else image_gt_chunks(B, G, N, min(self.max_pairs, CACHE_PAIRS)):

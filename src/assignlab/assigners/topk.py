@@ -38,6 +38,7 @@ from torch import Tensor
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ..core.chunking import CACHE_PAIRS
 from ._grid import (
+    SMALL_DENSE,
     empty_static_result,
     iou_runs,
     key_index,
@@ -81,7 +82,9 @@ class TopKAssigner(Assigner):
         self.k = int(k)
         self.min_iou = float(min_iou)
         self.square_scale = float(square_scale)
-        self._dense = False  # tests: force the dense (B, n, g) path on the CPU
+        # tests: True forces the dense path on the CPU, False the sparse one; None picks by size
+        # (below SMALL_DENSE pairs, e.g. one image of 10 GTs, the dense path has fewer operations)
+        self._dense: bool | None = None
 
     def __call__(self, priors: Priors, gt: GroundTruth, **predictions: Tensor) -> Assignment:
         B, G, N = gt.batch_size, gt.max_boxes, priors.num_priors
@@ -92,7 +95,8 @@ class TopKAssigner(Assigner):
         dtype, pboxes, parea, gboxes, garea, valid = static_inputs(priors, gt, self.square_scale)
         layouts = [lay for lay in level_layouts(priors) if lay.n > 0]
         k = min(self.k, N)
-        if use_windows(layouts, dev, dtype) and not self._dense:
+        dense = self._dense if self._dense is not None else B * G * N < SMALL_DENSE
+        if use_windows(layouts, dev, dtype) and not dense:
             runs = iou_runs(pboxes, layouts, gboxes)
             if runs is not None:
                 return self._windows(pboxes, layouts, runs, gboxes, garea, valid, k)
