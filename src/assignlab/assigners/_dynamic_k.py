@@ -4,34 +4,67 @@ Nothing here is an assigner. These are the batched building blocks that SimOTA
 (:mod:`.simota`), the dynamic soft-label assigner (:mod:`.dsl`) and the task-aligned
 assigner (:mod:`.tal`) share:
 
-* :func:`pairwise_iou` / :func:`aligned_iou`: IoU of GT boxes with predicted boxes, with
-  mmdetection's ``BboxOverlaps2D`` formula (``inter / max(union, eps)``), so values are
-  bit-identical to mmdet's and finite for zero-area boxes.
+* :func:`pairwise_iou` / :func:`aligned_iou` / :func:`pair_iou`: IoU of GT boxes with predicted
+  boxes (all pairs, aligned boxes, flat coordinate lists), with mmdetection's ``BboxOverlaps2D``
+  formula (``inter / max(union, eps)``), so values are bit-identical to mmdet's and finite for
+  zero-area boxes.
 * :func:`points_inside` / :func:`any_inside`: strict "prior centre inside a box" tests for every
   (GT, prior) pair, or OR-ed over the GTs; on grid levels (:func:`~assignlab.core.make_priors`)
   they test rows and columns separately (``(B, g, rows)`` and ``(B, g, cols)``) instead of every
   prior, with the same results.
-* :func:`dynamic_k`: OTA's per-GT ``k = max(1, int(sum of the top-q candidate IoUs))``.
-* :func:`resolve_dynamic_k`: turns every GT's ``k`` cheapest priors into one GT per prior, with
-  mmdetection / YOLOX's rule for a prior chosen by several GTs (the GT of lowest cost over *all*
-  GTs), from small ``(B, G, q)`` index tensors -- no dense ``(B, G, N)`` selection mask and no
-  loop over GTs; :class:`LowestCost` finds, chunk by chunk, the cheapest GT of the priors that
-  were chosen. :func:`select_dynamic_k` runs both passes over the GT chunks.
+* :func:`select_dynamic_k`: OTA's dynamic-k rule (below) from *sparse* (GT, prior) pairs, with
+  :class:`OverlapIndex` (every overlapping GT / predicted-box pair without testing all of them) and
+  :func:`lex_smallest` (the ``q`` cheapest entries of every row, ties to the lower prior index).
 * :func:`prepare_predictions`: the common start of a call (prediction checks, one float dtype,
   GT label range); :func:`iou_assignment` / :func:`empty_iou_assignment`: the common result of
   SimOTA and DSL (IoU soft label of each positive).
 
-Shapes: ``B`` images, ``g`` GTs in the current chunk (``G`` in all), ``N`` priors.
+Shapes: ``B`` images, ``g`` GTs in the current chunk (``G`` in all), ``N`` priors, ``q`` the
+number of IoUs summed for the dynamic k (``candidate_topk`` / ``topk``, at most ``N``).
 
-The hot loops here run on ``(B, g, N)`` tensors of up to ``max_pairs`` elements. On a CPU a fresh
-allocation of such a tensor costs more than the arithmetic (page faults), so the helpers take
-optional ``out`` / scratch buffers and work in place, keeping mmdetection's order of operations
-(hence its bits) wherever it matters.
+The dynamic-k rule (SimOTA, DSL; mmdetection's ``dynamic_k_matching``), per image, over the
+candidate priors (a prior is a candidate of every GT of its image, or of none):
+
+1. ``k_g = max(1, int(sum of the q largest IoUs of GT g))``;
+2. GT ``g`` chooses its ``k_g`` cheapest candidates (ties: the lower prior index);
+3. a prior chosen by one GT goes to it; chosen by several, to the GT of lowest cost over *all*
+   GTs (ties: the lower GT index).
+
+Worked example (one image, q = 3, two GTs, candidates p0..p3)::
+
+    IoU  g0 [0.9, 0.8, 0.0, 0.1]  -> 0.9 + 0.8 + 0.1 = 1.8 -> k = 1
+         g1 [0.0, 0.7, 0.6, 0.0]  -> 1.3                   -> k = 1
+    cost g0 [0.5, 0.4, 9.0, 7.0]  -> g0 chooses p1
+         g1 [8.0, 0.6, 0.7, 9.0]  -> g1 chooses p1 too
+    p1: chosen twice, lowest cost 0.4 (g0) -> gt_index [-1, 0, -1, -1]
+
+A dense implementation evaluates the IoU and cost of all ``B x G x N`` pairs and sorts every
+GT's row: the work grows with ``G x N``, and with the conflict resolution over all chosen
+positions, faster. :func:`select_dynamic_k` evaluates only pairs that can matter:
+
+* the pairs with a positive IoU, found by :class:`OverlapIndex` without testing the others: they
+  give the exact top-q IoU sums, hence every ``k``;
+* a GT's cheapest pairs are searched among (1) a small *window* (SimOTA: the central priors, which
+  pay no penalty) and the overlapping pairs the assigner asks for first (DSL: all of them), then
+  if needed (2) all its overlapping pairs, then (3) all priors. Each tier stops as soon as the
+  ``k``-th cheapest evaluated pair costs less than a lower bound of every pair not evaluated,
+  which the assigner derives from its cost formula (SimOTA: ``min class cost + IoU cost at IoU 1
+  (tier 1) or 0 (tier 2) + penalty``; DSL: ``min class cost at IoU 0 + IoU cost at 0``, the centre
+  cost being positive). Then no pair left out can be among the ``k`` cheapest.
+* a prior chosen by several GTs goes to the lowest cost over the evaluated pairs when that is
+  below every GT's bound, else over all GTs (rare).
+
+Costs of evaluated pairs are computed with the operations of the dense formula, so every decision
+is that of the dense rule with the tie rules above; torch's ``topk`` leaves ties in an unspecified
+order, which the previous dense implementation (and mmdet) inherited. Time and memory grow with
+the number of evaluated pairs, about ``G x (overlapping boxes + window)``: linearly in ``G``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -40,31 +73,29 @@ from ..core import Assignment, GroundTruth, Priors
 from .base import check_gt_labels, check_predictions
 
 __all__ = [
-    "FAR",
-    "LowestCost",
+    "NO_PRIOR",
+    "OverlapIndex",
+    "PairCosts",
     "Scratch",
     "ScratchOwner",
     "aligned_iou",
     "any_inside",
     "class_rows",
-    "dynamic_k",
     "empty_iou_assignment",
-    "final_gt_index",
     "grid_axes",
+    "grid_window",
     "iou_assignment",
+    "lex_smallest",
+    "pair_iou",
     "pairwise_iou",
     "points_inside",
     "prepare_predictions",
     "prepare_scores",
-    "resolve_dynamic_k",
     "scratch_for",
     "select_dynamic_k",
 ]
 
 MMDET_IOU_EPS = 1e-6  # BboxOverlaps2D default
-#: coordinate of the degenerate box that stands in for a non-candidate prior's prediction: its
-#: IoU with every GT is exactly 0.
-FAR = -1e30
 
 
 class Scratch:
@@ -73,9 +104,10 @@ class Scratch:
     chunks of any size up to the largest share it.
 
     On a CPU, first-touching a fresh 50 MB tensor (page faults) costs more than the arithmetic
-    done in it, so assigners keep their :class:`Scratch` between calls there (see
-    :func:`scratch_for`); on an accelerator the caching allocator already recycles memory and a
-    fresh one is made per call. Buffers never leave the assigner: results are always new tensors.
+    done in it, so TAL keeps its :class:`Scratch` between calls there (see :func:`scratch_for`);
+    on an accelerator the caching allocator already recycles memory and a fresh one is made per
+    call. Buffers never leave the assigner: results are always new tensors. (SimOTA and DSL only
+    use a per-call instance for :func:`any_inside` on levels that are not a grid.)
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -323,122 +355,493 @@ def class_rows(labels: Tensor, gt_valid: Tensor, rows_per_image: int, pad_row: i
     return (base + lab).reshape(-1)
 
 
-def dynamic_k(ious: Tensor, q: int, gt_valid: Tensor) -> Tensor:
-    """``(B, g)`` long: ``max(1, int(sum of the top-q IoUs))`` of each GT, 0 on ``~gt_valid``.
+# -- sparse dynamic-k selection -------------------------------------------------------------------
 
-    ``ious`` ``(B, g, N)`` must be 0 on priors that are not candidates (they then add nothing,
-    exactly as mmdet's sum over its ``min(q, num_candidates)`` candidates).
+#: prior index of a padding entry in a row of ``(cost, prior)`` entries
+NO_PRIOR = 2**32 - 1
+_KEY_PAD = 2**63 - 1
 
-    Worked example (q = 3): candidate IoUs ``[0.9, 0.8, 0.7, 0.1]`` -> top-3 sum 2.4 ->
-    ``k = max(1, int(2.4)) = 2``. Since every IoU is at most 1, ``k <= min(q, #candidates)``.
+
+def pair_iou(g: tuple[Tensor, ...], p: tuple[Tensor, ...], eps: float = MMDET_IOU_EPS) -> Tensor:
+    """IoU of GT and predicted boxes given as coordinate tensors ``(x1, y1, x2, y2)`` that
+    broadcast together, with the operations of :func:`pairwise_iou` (the same bits for the same
+    pair)."""
+    gx1, gy1, gx2, gy2 = g
+    px1, py1, px2, py2 = p
+    iw = torch.minimum(gx2, px2).sub_(torch.maximum(gx1, px1)).clamp_(min=0)
+    ih = torch.minimum(gy2, py2).sub_(torch.maximum(gy1, py1)).clamp_(min=0)
+    inter = iw.mul_(ih)
+    union = torch.add((px2 - px1) * (py2 - py1), (gx2 - gx1) * (gy2 - gy1))
+    return inter.div_(union.sub_(inter).clamp_(min=eps))
+
+
+def _order_bits(x: Tensor) -> Tensor:
+    """int32 with the order of the float32 ``x`` (an involution on the bit patterns; -0.0 and
+    +0.0 map to one key)."""
+    bits = (x + 0.0).view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _float_of(bits: Tensor) -> Tensor:
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def lex_smallest(cost: Tensor, n: Tensor, q: int) -> tuple[Tensor, Tensor]:
+    """The ``q`` smallest entries ``(cost, n)`` of every row, in increasing order of cost, ties to
+    the lower prior index ``n`` (a total order, unlike ``topk``'s unspecified tie order).
+
+    ``cost`` float and ``n`` long ``(R, w)``, padding entries marked by ``n == NO_PRIOR``. Returns
+    ``(R, q)`` costs (``inf`` for padding) and prior indices (``NO_PRIOR`` for padding).
+
+    float32: one ``topk`` of int64 keys ``order(cost) * 2**32 + n`` (``order`` maps the float's
+    bits to an int32 of the same order); other dtypes: a sort by ``n`` then a stable sort by cost.
+
+    Example: cost ``[[2.0, 1.0, 1.0, 5.0]]``, n ``[[7, 9, 3, 0]]``, q = 3 -> cost ``[[1, 1, 2]]``,
+    n ``[[3, 9, 7]]``.
     """
-    qq = min(int(q), ious.shape[-1])
-    top = ious.topk(qq, dim=-1).values  # (B, g, qq), sorted descending
-    s = top[..., 0]
-    for j in range(1, qq):  # sequential, largest first (mmdet's topk(...).sum(0))
-        s = s + top[..., j]
-    k = s.to(torch.int32).clamp(min=1).long()
-    return torch.where(gt_valid, k, torch.zeros_like(k))
+    R, w = cost.shape
+    if w < q:
+        cost = torch.cat([cost, cost.new_full((R, q - w), math.inf)], 1)
+        n = torch.cat([n, n.new_full((R, q - w), NO_PRIOR)], 1)
+    pad = n == NO_PRIOR
+    if cost.dtype == torch.float32:
+        key = (_order_bits(cost).long() * 2**32).add_(n).masked_fill_(pad, _KEY_PAD)
+        top = key.topk(q, dim=1, largest=False).values
+        pad = top == _KEY_PAD
+        val = _float_of((top >> 32).to(torch.int32)).masked_fill_(pad, math.inf)
+        return val, (top & 0xFFFFFFFF).masked_fill_(pad, NO_PRIOR)
+    cost = cost.masked_fill(pad, math.inf)
+    order = n.argsort(dim=1)
+    cost, n = cost.gather(1, order), n.gather(1, order)
+    cost, order = cost.sort(dim=1, stable=True)
+    return cost[:, :q].contiguous(), n.gather(1, order[:, :q])
 
 
-def resolve_dynamic_k(idx: Tensor, k: Tensor, num_priors: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Combine every GT's choice into one GT per prior.
+def grid_window(
+    priors: Priors, edges: list[tuple[Tensor, Tensor, Tensor, Tensor]], valid: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The priors strictly inside one rectangle per GT and level: ``(idx (B, g, W), member (B, g,
+    W))``.
 
-    Args:
-        idx: ``(B, G, q)`` long, each GT's priors in increasing cost order (``topk(largest=False)``).
-        k: ``(B, G)`` how many of them the GT takes (its dynamic k; 0 for padded GTs).
-        num_priors: ``N``.
+    ``edges[level] = (left, top, right, bottom)``, each ``(B, g)``; inside means ``left < x <
+    right`` and ``top < y < bottom`` (the comparisons of :func:`points_inside`). On grid levels the columns and rows inside are found by ``searchsorted`` and only
+    ``rows x cols`` entries per GT are listed (``W`` is the largest count in the chunk); other
+    levels list all their priors with a dense test. ``idx`` is a valid prior index everywhere,
+    ``member`` marks the priors inside (False on rows with ``~valid``).
 
-    Returns:
-        ``(count, chooser, positions)``: ``count`` ``(B, N)`` how many GTs chose each prior,
-        ``chooser`` ``(B, N)`` the (highest-index) GT that chose it (-1 if none), and
-        ``positions`` ``(B, G * q)`` the chosen prior indices (entries past a GT's k point at
-        priors too, harmlessly), for the lowest-cost look-up of priors chosen several times.
-
-    Example (one image, N = 4, q = 2): ``idx [[1, 2], [2, 0]]``, ``k [1, 2]`` -> GT 0 takes
-    prior 1, GT 1 takes priors 2 and 0 -> ``count [1, 1, 1, 0]``, ``chooser [1, 0, 1, -1]``.
+    Example (one level, stride 8, 4 x 4 grid, centres 4, 12, 20, 28): the strict rectangle
+    ``(5, 0, 21, 13)`` holds columns 1, 2 and rows 0, 1 -> priors 1, 2, 5, 6.
     """
-    B, G, q = idx.shape
-    ok = torch.arange(q, device=idx.device)[None, None, :] < k[..., None]  # (B, G, q)
-    flat = idx.reshape(B, G * q)
-    count = torch.zeros(B, num_priors, dtype=torch.long, device=idx.device)
-    count.scatter_add_(1, flat, ok.reshape(B, -1).long())
-    rows = torch.arange(G, device=idx.device)[None, :, None].expand(B, G, q)
-    who = torch.where(ok, rows, torch.full_like(rows, -1)).reshape(B, -1)
-    chooser = torch.full((B, num_priors), -1, dtype=torch.long, device=idx.device)
-    chooser.scatter_reduce_(1, flat, who, reduce="amax", include_self=True)
-    return count, chooser, flat
+    B, g = valid.shape
+    device = valid.device
+    grids, counts = [], []
+    for li in range(len(priors.num_level_priors)):
+        grid = grid_axes(priors, li)
+        if grid is None:
+            grids.append(None)
+            continue
+        xs, ys, rows, cols, na = grid
+        lt, tp, rt, bt = edges[li]
+        xs, ys = xs.to(lt.dtype).contiguous(), ys.to(lt.dtype).contiguous()
+        c0 = torch.searchsorted(xs, lt.contiguous(), right=True)  # first x > left
+        c1 = torch.searchsorted(xs, rt.contiguous())  # first x >= right
+        r0 = torch.searchsorted(ys, tp.contiguous(), right=True)
+        r1 = torch.searchsorted(ys, bt.contiguous())
+        nc = torch.where(valid, c1 - c0, 0).clamp_(min=0)
+        nr = torch.where(valid, r1 - r0, 0).clamp_(min=0)
+        grids.append((c0, r0, nc, nr, rows, cols, na))
+        counts += [nc.amax() if nc.numel() else nc.new_zeros(()), nr.amax() if nr.numel() else nr.new_zeros(())]
+    sizes = torch.stack(counts).tolist() if counts else []
+    idx, member = [], []
+    for li, sl in enumerate(priors.level_slices()):
+        n_l = sl.stop - sl.start
+        if grids[li] is None:
+            lt, tp, rt, bt = (e[..., None] for e in edges[li])
+            px = priors.points[sl, 0].to(lt.dtype)
+            py = priors.points[sl, 1].to(lt.dtype)
+            m = (px > lt) & (py > tp) & (rt > px) & (bt > py)
+            idx.append(torch.arange(sl.start, sl.stop, device=device).expand(B, g, n_l))
+            member.append(m & valid[..., None])
+        else:
+            c0, r0, nc, nr, rows, cols, na = grids[li]
+            kc, kr = int(sizes.pop(0)), int(sizes.pop(0))
+            i = torch.arange(kr, device=device)[:, None, None]
+            j = torch.arange(kc, device=device)[None, :, None]
+            a = torch.arange(na, device=device)[None, None, :]
+            m = (i < nr[..., None, None, None]) & (j < nc[..., None, None, None])  # (B, g, kr, kc, 1)
+            r = (r0[..., None, None, None] + i).clamp_(0, rows - 1)
+            c = (c0[..., None, None, None] + j).clamp_(0, cols - 1)
+            n = (r * cols + c) * na + a + sl.start
+            idx.append(n.reshape(B, g, -1))
+            member.append(m.expand(B, g, kr, kc, na).reshape(B, g, -1))
+    return torch.cat(idx, 2), torch.cat(member, 2)
 
 
-class LowestCost:
-    """Running argmin over GT chunks of the cost at fixed prior positions ``(B, M)``: the GT of
-    lowest cost over *all* real GTs (ties: the lowest GT index, as ``torch.min``)."""
+def _row_buckets(lens: Tensor, min_width: int) -> list[tuple[Tensor, int]]:
+    """Rows grouped by segment length: ``[(row ids, width)]``, widths ``min_width * 2**i``, each
+    row with a non-zero length in the narrowest bucket that holds it."""
+    out: list[tuple[Tensor, int]] = []
+    top = int(lens.max()) if lens.numel() else 0
+    lo, hi = 0, min_width
+    while lo < top:
+        sel = ((lens > lo) & (lens <= hi)).nonzero().squeeze(1)
+        if sel.numel():
+            out.append((sel, hi))
+        lo, hi = hi, hi * 2
+    return out
 
-    def __init__(self, positions: Tensor, dtype: torch.dtype) -> None:
-        B, M = positions.shape
-        self.positions = positions
-        self.best = torch.full((B, M), float("inf"), dtype=dtype, device=positions.device)
-        self.gt = torch.zeros(B, M, dtype=torch.long, device=positions.device)
 
-    def update(self, cost: Tensor, start: int) -> None:
-        """``cost`` ``(B, g, N)`` of GT rows ``start .. start + g`` (``inf`` on padded rows)."""
-        B, g, _ = cost.shape
-        if g == 0:
+class OverlapIndex:
+    """Every (GT, predicted box) pair with a positive IoU, without evaluating all ``B x G x N``
+    pairs.
+
+    The *usable* predictions (candidate priors whose box has a positive, finite width and height:
+    the others have IoU 0 with everything) are bucketed by size class -- the smallest ``W_j = base
+    * sqrt(2) ** j`` not below the box's larger side -- and by the cell of their top-left corner in
+    a grid of side ``S_j = max(W_j / 2, extent / 64)`` laid over the GTs' extent (clamped at its
+    border), and sorted by (image, class, cell row, cell column). A box of class ``j`` that
+    overlaps a GT ``[x1, y1, x2, y2]`` has its top-left corner in ``(x1 - W_j, x2) x (y1 - W_j,
+    y2)``: for each class and cell row, one contiguous run of the sorted boxes. The IoU of every
+    box in these runs is computed (:func:`pair_iou`) and the positive ones are kept. Cells are
+    computed in float64 with a small slack, so no overlapping pair is missed.
+
+    Example (one image, base 8): a 30 x 20 box is in class 4 (``W = 32``); for the GT
+    ``[100, 100, 140, 120]`` it is looked up among the class-4 corners in ``(68, 140) x (68, 120)``,
+    cells of 16 px.
+    """
+
+    MAX_CELLS = 64
+    STEP = 2.0
+    CELL = 0.5
+    SLACK = 1e-6  # cells
+
+    def __init__(self, pred_boxes: Tensor, usable: Tensor, gt_boxes: Tensor, gt_valid: Tensor, base: float) -> None:
+        B, N = usable.shape
+        device = usable.device
+        self.B, self.N = B, N
+        flat = pred_boxes.reshape(B * N, 4)
+        p = flat.double()
+        w, h = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+        use = usable.reshape(-1) & (w > 0) & (h > 0) & torch.isfinite(p).all(1)
+        #: (B * N,) bool: the predictions that take part (IoU 0 with every GT for the others)
+        self.usable = use
+        g = gt_boxes.double()
+        gv = gt_valid & torch.isfinite(g).all(-1)
+        inf = torch.tensor(math.inf, dtype=torch.float64, device=device)
+        lo = [torch.where(gv, g[..., i], inf).amin() if gv.numel() else inf for i in (0, 1)]
+        hi = [torch.where(gv, g[..., i], -inf).amax() if gv.numel() else -inf for i in (2, 3)]
+        ext = torch.stack([*lo, *hi, use.any().double()]).tolist()
+        self.empty = not (math.isfinite(ext[0]) and ext[4] > 0)
+        if self.empty:
             return
-        c = torch.gather(cost, 2, self.positions[:, None, :].expand(B, g, -1))  # (B, g, M)
-        cmin, carg = c.min(dim=1)
-        better = cmin < self.best
-        self.best = torch.where(better, cmin, self.best)
-        self.gt = torch.where(better, carg + start, self.gt)
+        self.x0, self.y0 = ext[0], ext[1]
+        extent = max(ext[2] - ext[0], ext[3] - ext[1], base)
+        side = torch.where(use, torch.maximum(w, h), torch.full_like(w, base))
+        j = (torch.log2(side / base) / math.log2(self.STEP)).ceil_().clamp_(min=0)
+        j = torch.where(side > base * self.STEP**j, j + 1, j).long()  # guard the rounding of log2
+        present = torch.bincount(j, weights=use.double()).nonzero().squeeze(1).tolist()
+        rank = torch.zeros(present[-1] + 1, dtype=torch.long, device=device)
+        rank[present] = torch.arange(len(present), device=device)
+        jj = rank[j]
+        self.classes = []  # (W_j, S_j, cells per axis, first cell id)
+        first = 0
+        for c in present:
+            W = base * self.STEP**c
+            S = max(W * self.CELL, extent / self.MAX_CELLS)
+            K = int(extent / S) + 2
+            self.classes.append((W, S, K, first))
+            first += B * K * K
+        S_t, K_t, F_t = (torch.tensor([c[i] for c in self.classes], device=device)[jj] for i in (1, 2, 3))
+        col = torch.minimum(((p[:, 0] - self.x0) / S_t).floor_().clamp_(min=0, max=1e9).long(), K_t - 1)
+        row = torch.minimum(((p[:, 1] - self.y0) / S_t).floor_().clamp_(min=0, max=1e9).long(), K_t - 1)
+        img = torch.arange(B, device=device).repeat_interleave(N)
+        key = F_t + (img * K_t + row) * K_t + col
+        key = torch.where(use, key, torch.full_like(key, first))
+        skey, perm = key.sort()
+        #: first sorted entry of every cell (plus the end)
+        self.start = torch.zeros(first + 1, dtype=torch.long, device=device)
+        self.start[1:] = torch.bincount(skey, minlength=first + 1)[:first].cumsum(0)
+        #: flat prior index ``b * N + n`` and box coordinates of the sorted entries
+        self.prior = perm
+        self.coords = tuple(flat[:, i].index_select(0, perm).contiguous() for i in range(4))
 
-    def per_prior(self, num_priors: int) -> Tensor:
-        """``(B, N)`` the lowest-cost GT of every prior that appears in ``positions`` (every
-        position of one prior holds the same value), 0 elsewhere."""
-        B = self.gt.shape[0]
-        out = torch.zeros(B, num_priors, dtype=torch.long, device=self.gt.device)
-        return out.scatter_(1, self.positions, self.gt)
+    def pairs(self, gt_boxes: Tensor, img: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(rows, priors, ious)``: every pair of a valid GT row of ``gt_boxes`` ``(R, 4)`` (in image
+        ``img`` ``(R,)``) and a prediction (flat ``b * N + n``) with a positive IoU, ordered by row."""
+        R = valid.shape[0]
+        device = valid.device
+        none = torch.zeros(0, dtype=torch.long, device=device)
+        if self.empty or R == 0:
+            return none, none, self.coords[0].new_zeros(0) if not self.empty else gt_boxes.new_zeros(0)
+        g64 = gt_boxes.double()
+        eps = self.SLACK
+        spans = []
+        for W, S, K, _ in self.classes:
+            c0 = ((g64[:, 0] - W - self.x0) / S - eps).floor_().clamp_(0, K - 1).long()
+            c1 = ((g64[:, 2] - self.x0) / S + eps).floor_().clamp_(0, K - 1).long()
+            r0 = ((g64[:, 1] - W - self.y0) / S - eps).floor_().clamp_(0, K - 1).long()
+            r1 = ((g64[:, 3] - self.y0) / S + eps).floor_().clamp_(0, K - 1).long()
+            spans.append((c0, c1, r0, torch.where(valid, r1 - r0 + 1, 0).clamp_(min=0)))
+        T = torch.stack([s[3].amax() for s in spans]).tolist()
+        starts, lens = [], []
+        for (_, _, K, first), (c0, c1, r0, nr), t in zip(self.classes, spans, T):
+            if t == 0:
+                continue
+            i = torch.arange(int(t), device=device)
+            base = first + (img[:, None] * K + (r0[:, None] + i).clamp_(max=K - 1)) * K
+            s = self.start[base + c0[:, None]]
+            e = self.start[base + c1[:, None] + 1]
+            starts.append(s)
+            lens.append(torch.where(i < nr[:, None], e - s, 0).clamp_(min=0))
+        if not starts:
+            return none, none, gt_boxes.new_zeros(0)
+        starts, lens = torch.cat(starts, 1), torch.cat(lens, 1)
+        row_len = lens.sum(1)
+        lens, starts = lens.reshape(-1), starts.reshape(-1)
+        total = int(row_len.sum())
+        if total == 0:
+            return none, none, gt_boxes.new_zeros(0)
+        first = lens.cumsum(0).sub_(lens)  # first output slot of each run
+        pos = torch.repeat_interleave(starts - first, lens, output_size=total).add_(torch.arange(total, device=device))
+        rows = torch.repeat_interleave(torch.arange(R, device=device), row_len, output_size=total)
+        iou = pair_iou(tuple(gt_boxes[:, i].contiguous().index_select(0, rows) for i in range(4)),
+                       tuple(c.index_select(0, pos) for c in self.coords))
+        keep = (iou > 0).nonzero().squeeze(1)
+        return rows.index_select(0, keep), self.prior.index_select(0, pos.index_select(0, keep)), iou.index_select(0, keep)
 
 
-def final_gt_index(count: Tensor, chooser: Tensor, lowest: Tensor) -> Tensor:
-    """One chooser -> it; several -> the lowest-cost GT; none -> -1."""
-    return torch.where(count > 1, lowest, torch.where(count == 1, chooser, torch.full_like(chooser, -1)))
+@dataclass
+class PairCosts:
+    """What :func:`select_dynamic_k` needs from a dynamic assigner for one call.
 
-
-
-def select_dynamic_k(
-    cost_of: Callable[[slice], tuple[Tensor, Tensor]],
-    chunks: list[slice],
-    gt_valid: Tensor,
-    q: int,
-    num_priors: int,
-    dtype: torch.dtype,
-) -> Tensor:
-    """``(B, N)`` gt_index of the dynamic-k rule, GT chunk by GT chunk.
-
-    ``cost_of(sl)`` gives ``(cost, ious)`` ``(B, g, N)`` of the GT rows ``sl`` (``ious`` 0 off the
-    candidates); ``gt_valid`` ``(B, G)`` marks the GTs that take priors (real, with a candidate).
-    Pass 1: each GT's :func:`dynamic_k` and its ``q`` cheapest priors; pass 2: a prior chosen by
-    several GTs goes to the GT of lowest cost over all GTs (:class:`LowestCost`). With one chunk
-    its cost is reused, else recomputed (same values).
+    Attributes:
+        gt_boxes: ``(B, G, 4)`` GT boxes (the cost dtype).
+        gt_valid: ``(B, G)`` the GTs that choose priors (real GTs of images with a candidate).
+        pred_boxes: ``(B, N, 4)`` predicted boxes (the cost dtype).
+        candidates: ``(B, N)`` candidate priors (non-candidates are never chosen).
+        cost: ``cost(rows, n, iou, in_window)``: the cost of the pairs ``(GT row b * G + g, prior
+            n)`` whose IoU is ``iou`` (``rows`` and ``n`` broadcast to ``iou``'s shape), with the
+            operations of the dense formula; ``in_window`` says that every pair is in its GT's
+            window (SimOTA: central, no penalty).
+        bound: ``(B, G)``: a lower bound of the cost of the GT's candidate pairs that are not
+            evaluated first: outside the window, and with IoU 0 or not ``near``.
+        bound_zero_iou: ``(B, G)``: a lower bound of the cost of the GT's candidate pairs with IoU
+            0 outside the window.
+        window: ``window(sl)`` or None: ``(idx, member)`` ``(B, g, W)`` of the GT rows ``sl``
+            (:func:`grid_window`): the priors whose pairs are always evaluated (SimOTA: the central
+            ones, which pay no penalty).
+        near: which pairs with a positive IoU are evaluated first: ``near(rows, n) -> bool``, True
+            (all of them; DSL) or False (none; SimOTA). Must exclude window pairs.
+        base_size: smallest size class of :class:`OverlapIndex` (the smallest stride).
     """
-    B, G = gt_valid.shape
-    device = gt_valid.device
-    idx = torch.zeros(B, G, q, dtype=torch.long, device=device)
-    ks = torch.zeros(B, G, dtype=torch.long, device=device)
-    single = len(chunks) == 1
-    cost_cache = None
-    for sl in chunks:
-        cost, ious = cost_of(sl)
-        ks[:, sl] = dynamic_k(ious, q, gt_valid[:, sl])
-        idx[:, sl] = cost.topk(q, dim=-1, largest=False).indices
-        if single:
-            cost_cache = cost
 
-    count, chooser, positions = resolve_dynamic_k(idx, ks, num_priors)
-    lowest = LowestCost(positions, dtype)
+    gt_boxes: Tensor
+    gt_valid: Tensor
+    pred_boxes: Tensor
+    candidates: Tensor
+    cost: Callable[[Tensor, Tensor, Tensor, bool], Tensor]
+    bound: Tensor
+    bound_zero_iou: Tensor
+    window: Callable[[slice], tuple[Tensor, Tensor]] | None = None
+    near: Callable[[Tensor, Tensor], Tensor] | bool = False
+    base_size: float = 8.0
+
+
+class _Lowest:
+    """Running lowest cost per prior over the evaluated pairs of all GT chunks, and its GT (ties:
+    the lower GT index). float32: one int64 key ``order(cost) * 2**32 + gt`` per prior."""
+
+    def __init__(self, numel: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.keyed = dtype == torch.float32
+        if self.keyed:
+            self.key = torch.full((numel,), _KEY_PAD, dtype=torch.long, device=device)
+        else:
+            self.cost = torch.full((numel,), math.inf, dtype=dtype, device=device)
+            self.best = torch.zeros(numel, dtype=torch.long, device=device)
+
+    def update(self, prior: Tensor, cost: Tensor, gt: Tensor) -> None:
+        prior, cost, gt = prior.reshape(-1), cost.reshape(-1), gt.reshape(-1)
+        if prior.numel() == 0:
+            return
+        if self.keyed:
+            key = (_order_bits(cost).long() * 2**32).add_(gt)
+            self.key.scatter_reduce_(0, prior, key, "amin")
+            return
+        cm = torch.full_like(self.cost, math.inf).scatter_reduce_(0, prior, cost, "amin")
+        hit = (cost == cm.index_select(0, prior)).nonzero().squeeze(1)
+        gm = torch.full_like(self.best, 2**62).scatter_reduce_(0, prior[hit], gt[hit], "amin")
+        better = (cm < self.cost) | ((cm == self.cost) & (gm < self.best))
+        self.cost = torch.where(better, cm, self.cost)
+        self.best = torch.where(better, gm, self.best)
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        """``(lowest cost, its GT)`` per prior (``inf`` where no pair was evaluated)."""
+        if self.keyed:
+            none = self.key == _KEY_PAD
+            cost = _float_of((self.key >> 32).to(torch.int32)).masked_fill_(none, math.inf)
+            return cost, (self.key & 0xFFFFFFFF).masked_fill_(none, 0)
+        return self.cost, self.best
+
+
+def _segments(rows: Tensor, R: int, min_width: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """``[(row ids, source index (r, w), valid (r, w))]``: the entries of every row of the
+    row-sorted flat list ``rows`` in padded blocks (rows grouped by length, :func:`_row_buckets`)."""
+    cnt = torch.bincount(rows, minlength=R)
+    seg0 = cnt.cumsum(0).sub_(cnt)
+    out = []
+    for sel, w in _row_buckets(cnt, min_width):
+        j = torch.arange(w, device=rows.device)
+        ok = j < cnt.index_select(0, sel)[:, None]
+        out.append((sel, (seg0.index_select(0, sel)[:, None] + j).masked_fill_(~ok, 0), ok))
+    return out
+
+
+def _merge(sel_c: Tensor, sel_n: Tensor, rows: Tensor, cost: Tensor, n: Tensor) -> None:
+    """Merge the row-sorted flat pairs ``(rows, cost, n)`` into every row's ``q`` cheapest
+    ``(sel_c, sel_n)`` ``(R, q)``, in place."""
+    R, q = sel_c.shape
+    for sel, src, ok in _segments(rows, R, max(16, q)):
+        sel_c[sel], sel_n[sel] = lex_smallest(torch.cat([sel_c[sel], cost.take(src)], 1),
+                                              torch.cat([sel_n[sel], n.take(src).masked_fill_(~ok, NO_PRIOR)], 1), q)
+
+
+def select_dynamic_k(pc: PairCosts, q: int, chunks: list[slice], max_pairs: int) -> Tensor:
+    """``(B, N)`` gt_index of the dynamic-k rule (module docstring), evaluating few pairs.
+
+    Per GT chunk, the pairs with a positive IoU (:class:`OverlapIndex`) give every GT's ``k`` (its
+    q largest IoUs). Each GT then chooses its ``k`` cheapest pairs (:func:`lex_smallest`) among
+    pairs evaluated in up to three tiers, until the ``k``-th is cheaper than any pair not
+    evaluated: (1) the window and ``near`` pairs (certified by ``bound``); (2) + all its pairs
+    with a positive IoU (``bound_zero_iou``); (3) all priors. Priors chosen several times go to
+    the lowest-cost GT over the evaluated pairs when that cost is below every GT's ``bound``, else
+    over all GTs. Work and memory grow with the number of evaluated pairs (about ``G x
+    (overlapping boxes + window)``), not with ``G x N``.
+    """
+    B, G = pc.gt_valid.shape
+    N = pc.candidates.shape[1]
+    dtype, device = pc.pred_boxes.dtype, pc.pred_boxes.device
+    q = min(q, N)
+    index = OverlapIndex(pc.pred_boxes, pc.candidates, pc.gt_boxes, pc.gt_valid, pc.base_size)
+    usable = index.usable
+    cand = pc.candidates.reshape(-1)
+    pcoords = tuple(pc.pred_boxes[..., i].reshape(-1).contiguous() for i in range(4))
+    gcoords = tuple(pc.gt_boxes[..., i].reshape(-1).contiguous() for i in range(4))
+    gflat = pc.gt_boxes.reshape(B * G, 4)
+
+    count = torch.zeros(B * N, dtype=torch.long, device=device)
+    chooser = torch.full((B * N,), -1, dtype=torch.long, device=device)
+    lowest = _Lowest(B * N, dtype, device)
+
     for sl in chunks:
-        lowest.update(cost_cache if single else cost_of(sl)[0], sl.start)
-    return final_gt_index(count, chooser, lowest.per_prior(num_priors))
+        g = sl.stop - sl.start
+        if g == 0:
+            continue
+        R = B * g
+        img = torch.arange(B, device=device).repeat_interleave(g)  # (R,)
+        gti = torch.arange(sl.start, sl.stop, device=device).repeat(B)  # (R,) GT index
+        grow = img * G + gti  # (R,) global row
+        valid = pc.gt_valid[:, sl].reshape(R)
+
+        # the pairs with a positive IoU, ordered by row; k = max(1, int(sum of the q largest))
+        r2, p2, iou2 = index.pairs(gflat.index_select(0, grow), img, valid)
+        n2 = p2 - img.index_select(0, r2) * N
+        top = torch.zeros(R, q, dtype=dtype, device=device)
+        for sel, src, ok in _segments(r2, R, max(16, q)):
+            qq = min(q, src.shape[1])
+            top[sel, :qq] = iou2.take(src).masked_fill_(~ok, 0).topk(qq, dim=1).values
+        s = top[:, 0]
+        for jq in range(1, q):  # sequential, largest first (mmdet's topk(...).sum(0))
+            s = s + top[:, jq]
+        k = torch.where(valid, s.to(torch.int32).clamp(min=1).long(), 0)
+
+        # tier 1: window pairs (any IoU) and near pairs
+        sel_c = torch.full((R, q), math.inf, dtype=dtype, device=device)
+        sel_n = torch.full((R, q), NO_PRIOR, dtype=torch.long, device=device)
+        wcost = wn = wzero = None
+        if pc.window is not None:
+            widx, wmem = pc.window(sl)
+            wn = widx.reshape(R, -1)
+            wp = img[:, None] * N + wn
+            wiou = pair_iou(tuple(c.index_select(0, grow)[:, None] for c in gcoords), tuple(c.take(wp) for c in pcoords))
+            wiou.masked_fill_(~usable[wp], 0)
+            member = wmem.reshape(R, -1) & cand[wp]
+            wcost = pc.cost(grow[:, None], wn, wiou, True).masked_fill_(~member, math.inf)
+            sel_c, sel_n = lex_smallest(wcost, wn.masked_fill(~member, NO_PRIOR), q)
+            lowest.update(wp, wcost, gti[:, None].expand_as(wp))
+            wzero = member & ~(wiou > 0)  # tier 2 takes the others from the IoU pairs
+            del wp, wiou, member
+        if pc.near is not False:
+            if pc.near is True:
+                r1, n1, p1, i1 = r2, n2, p2, iou2
+            else:
+                m = pc.near(grow.index_select(0, r2), n2).nonzero().squeeze(1)
+                r1, n1, p1, i1 = (t.index_select(0, m) for t in (r2, n2, p2, iou2))
+            c1 = pc.cost(grow.index_select(0, r1), n1, i1, False)
+            lowest.update(p1, c1, gti.index_select(0, r1))
+            _merge(sel_c, sel_n, r1, c1, n1)
+        bound = pc.bound[:, sl].reshape(R)
+        redo = _uncertified(sel_c, sel_n, k, valid, bound)
+
+        # tier 2: + every pair with a positive IoU
+        if redo.numel() and pc.near is not True:
+            sub = torch.zeros(R, dtype=torch.bool, device=device)
+            sub[redo] = True
+            m = sub.index_select(0, r2).nonzero().squeeze(1)
+            r1, n1 = r2.index_select(0, m), n2.index_select(0, m)
+            c1 = pc.cost(grow.index_select(0, r1), n1, iou2.index_select(0, m), False)
+            lowest.update(p2.index_select(0, m), c1, gti.index_select(0, r1))
+            if wcost is not None:  # window pairs at IoU 0
+                sel_c[redo], sel_n[redo] = lex_smallest(wcost[redo], wn[redo].masked_fill(~wzero[redo], NO_PRIOR), q)
+            else:
+                sel_c[redo], sel_n[redo] = math.inf, NO_PRIOR
+            _merge(sel_c, sel_n, r1, c1, n1)
+        if redo.numel():
+            bound2 = pc.bound_zero_iou[:, sl].reshape(R)
+            redo = redo[_uncertified(sel_c[redo], sel_n[redo], k[redo], valid[redo], bound2[redo])]
+
+        # tier 3: all priors
+        per = max(1, max_pairs // max(N, 1))
+        for i0 in range(0, redo.numel(), per):
+            rows = redo[i0 : i0 + per]
+            f = rows.numel()
+            allp = torch.arange(N, device=device)
+            pp = img[rows][:, None] * N + allp
+            iou = pair_iou(tuple(c[grow[rows]][:, None] for c in gcoords), tuple(c.take(pp) for c in pcoords))
+            iou.masked_fill_(~usable[pp], 0)
+            ok = cand[pp]
+            cost = pc.cost(grow[rows][:, None], allp, iou, False).masked_fill_(~ok, math.inf)
+            sel_c[rows], sel_n[rows] = lex_smallest(cost, allp.expand(f, N).masked_fill(~ok, NO_PRIOR), q)
+            lowest.update(pp, cost, gti[rows][:, None].expand(f, N))
+
+        take = (torch.arange(q, device=device)[None, :] < k[:, None]) & (sel_n != NO_PRIOR)
+        r, jq = take.nonzero(as_tuple=True)
+        pr = img[r] * N + sel_n[r, jq]
+        count.scatter_add_(0, pr, torch.ones_like(pr))
+        chooser.scatter_reduce_(0, pr, gti[r], "amax")
+
+    # priors chosen several times: the lowest cost over the evaluated pairs is the lowest over all
+    # GTs when it is below every GT's bound; otherwise evaluate all GTs of the image
+    best_cost, best_gt = lowest.result()
+    img_bound = torch.where(pc.gt_valid, pc.bound, math.inf).amin(1)  # (B,)
+    multi = count > 1
+    unsure = (multi & ~(best_cost < img_bound.repeat_interleave(N))).nonzero().squeeze(1)
+    per = max(1, max_pairs // max(G, 1))
+    for i0 in range(0, unsure.numel(), per):
+        pp = unsure[i0 : i0 + per]
+        rows = torch.div(pp, N, rounding_mode="floor")[:, None] * G + torch.arange(G, device=device)
+        iou = pair_iou(tuple(c[rows] for c in gcoords), tuple(c[pp][:, None] for c in pcoords))
+        iou.masked_fill_(~usable[pp][:, None], 0)
+        cost = pc.cost(rows, (pp % N)[:, None], iou, False).masked_fill_(~pc.gt_valid.reshape(-1)[rows], math.inf)
+        best_gt[pp] = cost.min(dim=1).indices  # first index among equal costs
+    gi = torch.where(multi, best_gt, torch.where(count == 1, chooser, torch.full_like(chooser, -1)))
+    return gi.view(B, N)
+
+
+def _uncertified(sel_c: Tensor, sel_n: Tensor, k: Tensor, valid: Tensor, bound: Tensor) -> Tensor:
+    """Rows (indices) whose ``k``-th cheapest evaluated pair is missing or not below ``bound``."""
+    kth = (k - 1).clamp(min=0)[:, None]
+    kc, kn = sel_c.gather(1, kth).squeeze(1), sel_n.gather(1, kth).squeeze(1)
+    return (valid & ~((kn != NO_PRIOR) & (kc < bound))).nonzero().squeeze(1)
 
 
 def empty_iou_assignment(batch_size: int, num_priors: int, dtype: torch.dtype, device: torch.device) -> Assignment:

@@ -41,11 +41,19 @@ Implementation: batched over images with ``(B, G)`` padded GTs, in GT chunks und
 (identical results), no loop over images or GTs. Only the GT's class depends on the IoU, so the
 classification cost is the summed background cost of the *other* classes (a per-class table) plus
 one soft-label term per pair -- no ``(B, G, N, C)`` tensor (float32 rounding of the class sum
-differs from mmdet's by ulps). Dynamic k and the resolution of priors chosen several times work as
-in :mod:`.simota`.
+differs from mmdet's by ulps). The dynamic k is selected sparsely
+(:func:`~._dynamic_k.select_dynamic_k`): only the pairs whose boxes overlap and the priors within
+``R = ceil(soft_center_radius) + 2`` strides of the GT centre (a square window per grid level) are
+evaluated. Every other candidate pair has IoU 0 and a centre cost of at least ``10 ** (R -
+soft_center_radius) >= 100``, so it costs at least ``min class cost - 3 log(1e-7) + 100``; a GT
+whose ``k``-th cheapest evaluated pair is cheaper than that chose exactly what the dense rule
+chooses, and the rare other GT is evaluated over all priors. Time and memory grow linearly with
+``G``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -53,16 +61,12 @@ from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._dynamic_k import (
-    FAR,
-    ScratchOwner,
+    PairCosts,
+    Scratch,
     any_inside,
-    class_rows,
     empty_iou_assignment,
-    grid_axes,
     iou_assignment,
-    pairwise_iou,
     prepare_predictions,
-    scratch_for,
     select_dynamic_k,
 )
 from .base import Assigner, check_scores_are, positive_int
@@ -72,7 +76,7 @@ __all__ = ["DynamicSoftLabelAssigner"]
 IOU_EPS = 1e-7
 
 
-class DynamicSoftLabelAssigner(ScratchOwner, Assigner):
+class DynamicSoftLabelAssigner(Assigner):
     """RTMDet's dynamic soft-label assigner. See the module docstring.
 
     Args:
@@ -105,30 +109,16 @@ class DynamicSoftLabelAssigner(ScratchOwner, Assigner):
         self.iou_weight = float(iou_weight)
         self.scores_are = scores_are
 
-    def _centre_cost(self, priors: Priors, centre: Tensor, out: Tensor, tmp: Tensor) -> Tensor:
-        """``10 ** (|prior - GT centre| / stride - soft_center_radius)`` into ``out`` ``(B, g, N)``.
-
-        mmdet's operations: ``((p - c) ** 2).sum(-1).sqrt() / stride``; the squared offsets are
-        computed per grid column / row when the level is a grid (same values, fewer operations).
-        """
-        B, g = centre.shape[:2]
-        cx, cy = centre[..., 0], centre[..., 1]
-        for li, sl in enumerate(priors.level_slices()):
-            grid = grid_axes(priors, li)
-            o = out[:, :, sl]
-            if grid is not None:
-                xs, ys, rows, cols, na = grid
-                dx2 = (xs.to(cx.dtype) - cx[..., None]).pow(2)  # (B, g, cols)
-                dy2 = (ys.to(cy.dtype) - cy[..., None]).pow(2)  # (B, g, rows)
-                torch.add(dx2[..., None, :, None], dy2[..., :, None, None], out=o.view(B, g, rows, cols, na))
-            else:
-                w = tmp[:, :, sl]
-                torch.sub(priors.points[sl, 0].to(cx.dtype), cx[..., None], out=o).pow_(2)
-                o.add_(torch.sub(priors.points[sl, 1].to(cy.dtype), cy[..., None], out=w).pow_(2))
-            o.sqrt_().div_(priors.level_strides[li])
-        out.sub_(self.soft_center_radius)
-        return torch.pow(10, out, out=out)
-
+    def _soft_cls(self, ious: Tensor, a: Tensor, b: Tensor, p: Tensor, rest: Tensor) -> Tensor:
+        """Soft-label BCE for the GT's class, ``BCE(s, IoU) * |IoU - p| ** 2``, + the background cost
+        of the other classes (``a, b, p``: the class's tables of :meth:`_tables`)."""
+        if self.scores_are == "logits":
+            cost = torch.neg(ious).add_(1).mul_(a).sub_(b)  # (1 - y) * x - log_sigmoid(x)
+        else:
+            cost = torch.sub(ious, 1).mul_(a)  # (y - 1) * log(1 - p) - y * log(p)
+            cost.sub_(b * ious)
+        d = torch.sub(ious, p)
+        return cost.mul_(d.mul_(d)).add_(rest)
     def _tables(self, scores: Tensor, candidates: Tensor) -> tuple[list[Tensor], Tensor]:
         """Per-class tables for the soft-label classification cost.
 
@@ -172,47 +162,50 @@ class DynamicSoftLabelAssigner(ScratchOwner, Assigner):
         if G == 0 or N == 0:
             return empty_iou_assignment(B, N, dtype, device)
         chunks = gt_chunks(B, G, N, self.max_pairs)
-        scratch = scratch_for(self, device, B, max(c.stop - c.start for c in chunks), N, dtype)
+        scratch = Scratch(device).configure(B, max(c.stop - c.start for c in chunks), N, dtype)
         nan = torch.full((), float("nan"), dtype=dtype, device=device)
 
-        # pass 1: candidates = centre strictly inside some real GT (NaN edges for padded rows)
+        # candidates = centre strictly inside some real GT (NaN edges for padded rows)
         candidates = torch.zeros(B, N, dtype=torch.bool, device=device)
         for sl in chunks:
             x1, y1, x2, y2 = (torch.where(gt.mask[:, sl], gt_boxes[:, sl, i], nan) for i in range(4))
             candidates |= any_inside(priors, x1, y1, x2, y2, scratch)
-        has_cand = candidates.any(dim=1, keepdim=True)
-        tables, rest = self._tables(scores, candidates)
-        boxes_c = torch.where(candidates[..., None], boxes_p, torch.full((), FAR, dtype=dtype, device=device))
+        del scratch
+        gt_valid = gt.mask & candidates.any(dim=1, keepdim=True)
+        (ta, tb, tp), rest = self._tables(scores, candidates)
 
-        def cost_of(sl: slice) -> tuple[Tensor, Tensor]:
-            g = sl.stop - sl.start
-            gmask = gt.mask[:, sl]
-            boxes = gt_boxes[:, sl]
-            rows = class_rows(gt.labels[:, sl], gmask, C, 0)  # padded GTs read class 0 (finite)
-            rest_rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)  # ... and inf from ``rest``
-            ious = pairwise_iou(boxes, boxes_c, out=scratch.get("iou", g), tmp=scratch.get("a", g),
-                                tmp2=scratch.get("b", g))
-            cost, t = scratch.get("cost", g), scratch.get("a", g)
-            t2 = t.view(B * g, N)
+        # pair costs: soft-label class cost + iou_weight * -log(IoU + eps) (as log(IoU + eps) *
+        # -iou_weight, the same bits) + 10 ** (|prior - GT centre| / stride - soft_center_radius)
+        centre = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2.0  # (B, G, 2)
+        cx, cy = centre[..., 0].reshape(-1), centre[..., 1].reshape(-1)
+        img = torch.arange(B, device=device)[:, None]
+        lab = torch.where(gt.mask, gt.labels, 0)  # padded GTs read class 0 (finite) ...
+        off = ((img * C + lab) * N).reshape(-1)
+        off_rest = ((img * (C + 1) + torch.where(gt.mask, gt.labels, C)) * N).reshape(-1)  # ... and inf from ``rest``
+        flat = [t.reshape(-1) for t in (ta, tb, tp)]
+        flat_rest = rest.reshape(-1)
+        px = priors.points[:, 0].to(dtype).contiguous()
+        py = priors.points[:, 1].to(dtype).contiguous()
+        stride = priors.strides.to(device=device, dtype=dtype)
 
-            def pick(j: int) -> Tensor:
-                if j == 3:
-                    return torch.index_select(rest, 0, rest_rows, out=t2).view(B, g, N)
-                return torch.index_select(tables[j], 0, rows, out=t2).view(B, g, N)
+        def cost(rows: Tensor, n: Tensor, ious: Tensor, in_window: bool) -> Tensor:
+            ti = off.take(rows) + n
+            a_, b_, p_ = (t.take(ti) for t in flat)
+            c = self._soft_cls(ious, a_, b_, p_, flat_rest.take(off_rest.take(rows) + n))
+            c.add_(torch.add(ious, IOU_EPS).log_().mul_(-self.iou_weight))
+            d = torch.sub(px.take(n), cx.take(rows)).pow_(2)  # rows and n broadcast to the pairs' shape
+            d.add_(torch.sub(py.take(n), cy.take(rows)).pow_(2))
+            d.sqrt_().div_(stride.take(n)).sub_(self.soft_center_radius)
+            return c.add_(torch.pow(10, d))
 
-            # soft-label BCE against y = IoU for the GT's class: BCE(s, IoU) * |IoU - p| ** 2
-            if self.scores_are == "logits":
-                torch.neg(ious, out=cost).add_(1).mul_(pick(0)).sub_(pick(1))  # (1 - y) * x - log_sigmoid(x)
-            else:
-                torch.sub(ious, 1, out=cost).mul_(pick(0))  # (y - 1) * log(1 - p) - y * log(p)
-                cost.sub_(pick(1).mul_(ious))
-            d = torch.sub(ious, pick(2), out=t)
-            cost.mul_(d.mul_(d)).add_(pick(3))  # + the other classes' background cost
-            # + iou_weight * -log(IoU + eps), as log(IoU + eps) * -iou_weight (same bits)
-            cost.add_(torch.add(ious, IOU_EPS, out=t).log_().mul_(-self.iou_weight))
-            centre = (boxes[..., :2] + boxes[..., 2:]) / 2.0
-            cost.add_(self._centre_cost(priors, centre, t, scratch.get("b", g)))
-            return cost, ious
-
-        gt_index = select_dynamic_k(cost_of, chunks, gt.mask & has_cand, min(self.topk, N), N, dtype)
+        # a pair with IoU 0 costs at least the class cost at IoU 0 + log(eps) * -iou_weight (the
+        # centre cost is positive); a small margin covers the rounding
+        at_zero = self._soft_cls(torch.zeros_like(ta), ta, tb, tp, rest.view(B, C + 1, N)[:, :C].reshape(B * C, N))
+        min_cls = at_zero.view(B, C, N).amin(dim=2).double()  # (B, C); inf where no candidate
+        bound = (min_cls + math.log(IOU_EPS) * -self.iou_weight).mul_(1 - 1e-5).sub_(1e-5).to(dtype).gather(1, lab)
+        pc = PairCosts(
+            gt_boxes=gt_boxes, gt_valid=gt_valid, pred_boxes=boxes_p, candidates=candidates, cost=cost,
+            bound=bound, bound_zero_iou=bound, near=True, base_size=float(min(priors.level_strides)),
+        )
+        gt_index = select_dynamic_k(pc, min(self.topk, N), chunks, self.max_pairs)
         return iou_assignment(gt_index, gt_boxes, boxes_p, candidates)

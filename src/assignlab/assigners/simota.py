@@ -53,31 +53,31 @@ no candidate is all negative.
 Implementation: batched over images with ``(B, G)`` padded GTs, in GT chunks under ``max_pairs``
 (identical results), no loop over images or GTs. The classification cost comes from a per-class
 table ``(B, C + 1, N)`` -- the BCE of a prior if every class were background, with one class
-swapped to foreground -- looked up per GT by row, so no ``(B, G, N, C)`` tensor is built (the sum
-over classes is therefore rounded differently from mmdet's, by float32 ulps). The dynamic k is
-vectorised: one ``topk(candidate_topk)`` of each GT's cost and the mask ``rank < k_g``
-(``k_g <= candidate_topk``); priors chosen several times are resolved on the ``(B, G *
-candidate_topk)`` chosen positions only. Non-candidates get an infinite cost and an IoU of 0.
+swapped to foreground -- looked up per pair, so no ``(B, G, N, C)`` tensor is built (the sum over
+classes is therefore rounded differently from mmdet's, by float32 ulps). The dynamic k is selected
+sparsely (:func:`~._dynamic_k.select_dynamic_k`): only the pairs whose boxes overlap and the
+central pairs (found per grid level by ``searchsorted``) are evaluated; every other candidate pair
+pays the penalty at IoU 0, so it costs at least ``min class cost - 3 log(eps) + P`` -- a GT whose
+``k``-th cheapest evaluated pair is cheaper than that chose exactly what the dense rule chooses,
+and the rare other GT is evaluated over all priors. Time and memory grow linearly with ``G``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
 from ._dynamic_k import (
-    FAR,
+    PairCosts,
     Scratch,
-    ScratchOwner,
     any_inside,
-    class_rows,
     empty_iou_assignment,
+    grid_window,
     iou_assignment,
-    pairwise_iou,
-    points_inside,
     prepare_predictions,
-    scratch_for,
     select_dynamic_k,
 )
 from .base import Assigner, check_scores_are, positive_int
@@ -91,7 +91,7 @@ _FLAVOURS = {
 }
 
 
-class SimOTAAssigner(ScratchOwner, Assigner):
+class SimOTAAssigner(Assigner):
     """SimOTA dynamic-k assignment (YOLOX). See the module docstring.
 
     Args:
@@ -153,17 +153,17 @@ class SimOTAAssigner(ScratchOwner, Assigner):
         return cls(**kw)
 
     # -- geometry -------------------------------------------------------------------------
-    def _geometry(self, priors: Priors, boxes: Tensor, gmask: Tensor, scratch: Scratch,
-                  need_central: bool = True, need_candidates: bool = True) -> tuple[Tensor | None, Tensor | None]:
-        """``(candidates (B, N), central (B, g, N))`` for a GT chunk.
+    def _geometry(
+        self, priors: Priors, boxes: Tensor, gmask: Tensor
+    ) -> tuple[tuple[Tensor, ...], list[tuple[Tensor, ...]], list[tuple[Tensor, ...]]]:
+        """``(box edges, centre regions, central rectangles)`` of the GTs ``(B, g, 4)``, per level.
 
-        ``candidates``: in some GT box or some centre region (mmdet), or in some centre region
-        (yolox). ``central`` (the pair pays no penalty): in the box AND in the centre region
-        (mmdet), i.e. inside their intersection, or in the centre region (yolox). Strict tests
-        ``p > edge``, equal bit for bit to mmdet's ``p - edge > 0``. Padded rows get NaN edges,
-        which contain nothing.
+        Candidates: a prior centre in some GT box or some centre region (mmdet), or in some centre
+        region (yolox). Central (the pair pays no penalty): in the box AND in the centre region
+        (mmdet), i.e. inside their intersection, or in the centre region (yolox). All tests are
+        strict, ``p > edge``, equal bit for bit to mmdet's ``p - edge > 0``. Padded rows get NaN
+        edges, which contain nothing.
         """
-        g = boxes.shape[1]
         nan = torch.full((), float("nan"), dtype=boxes.dtype, device=boxes.device)
         x1, y1, x2, y2 = (torch.where(gmask, boxes[..., i], nan) for i in range(4))
         cx = (x1 + x2) / 2.0
@@ -173,34 +173,45 @@ class SimOTAAssigner(ScratchOwner, Assigner):
             # mmdet: gt_cx - center_radius * stride (a float32 product), etc.
             rad = torch.full((), stride, dtype=boxes.dtype, device=boxes.device) * self.center_radius
             regions.append((cx - rad, cy - rad, cx + rad, cy + rad))
-        mmdet = _FLAVOURS[self.flavour][2]
-        candidates = central = None
-        if need_candidates:
-            candidates = any_inside(priors, x1, y1, x2, y2, scratch, per_level=regions)
-            if mmdet:
-                candidates |= any_inside(priors, x1, y1, x2, y2, scratch)
-        if need_central:
-            if mmdet:  # inside both = inside the intersection of the box and the centre region
-                regions = [(torch.maximum(x1, l), torch.maximum(y1, t), torch.minimum(x2, r), torch.minimum(y2, b))
-                           for l, t, r, b in regions]
-            central = points_inside(priors, x1, y1, x2, y2, scratch.get("central", g, torch.bool),
-                                    scratch.get("btmp", g, torch.bool), per_level=regions)
-        return candidates, central
+        central = regions
+        if _FLAVOURS[self.flavour][2]:  # inside both = inside the intersection
+            central = [(torch.maximum(x1, l), torch.maximum(y1, t), torch.minimum(x2, r), torch.minimum(y2, b))
+                       for l, t, r, b in regions]
+        return (x1, y1, x2, y2), regions, central
 
-    def _cost(self, gt_boxes: Tensor, rows: Tensor, table: Tensor, boxes_c: Tensor, central: Tensor,
-              scratch: Scratch) -> tuple[Tensor, Tensor]:
-        """``(cost, ious)`` ``(B, g, N)`` of a GT chunk (``rows``: its class-table rows)."""
-        B, g = gt_boxes.shape[:2]
-        N = boxes_c.shape[1]
-        ious = pairwise_iou(gt_boxes, boxes_c, out=scratch.get("iou", g), tmp=scratch.get("a", g),
-                            tmp2=scratch.get("b", g))
-        cost = scratch.get("cost", g)
-        torch.index_select(table, 0, rows, out=cost.view(B * g, N))  # cls_weight * BCE cost (inf: no candidate)
-        # + iou_weight * -log(IoU + eps), as log(IoU + eps) * -iou_weight (same bits)
-        cost.add_(torch.add(ious, self.iou_eps, out=scratch.get("a", g)).log_().mul_(-self.iou_weight))
-        pen = torch.add(cost, self.penalty, out=scratch.get("a", g))
-        torch.where(central, cost, pen, out=cost)
-        return cost, ious
+    def _candidates(self, priors: Priors, gt_boxes: Tensor, gt: GroundTruth, chunks: list[slice]) -> Tensor:
+        """``(B, N)``: centre in some box or centre region (mmdet), in some centre region (yolox)."""
+        B, N = gt.batch_size, priors.num_priors
+        scratch = Scratch(gt_boxes.device).configure(B, max(c.stop - c.start for c in chunks), N, gt_boxes.dtype)
+        candidates = torch.zeros(B, N, dtype=torch.bool, device=gt_boxes.device)
+        for sl in chunks:
+            box, regions, _ = self._geometry(priors, gt_boxes[:, sl], gt.mask[:, sl])
+            candidates |= any_inside(priors, *box, scratch, per_level=regions)
+            if _FLAVOURS[self.flavour][2]:
+                candidates |= any_inside(priors, *box, scratch)
+        return candidates
+
+    def _class_table(self, probs: Tensor, candidates: Tensor) -> Tensor:
+        """``(B, C + 1, N)``: ``cls_weight * BCE`` of each prior's probabilities against each class's
+        one-hot label (= every class as background, with that class swapped to foreground); row
+        ``C`` (padded GTs) and non-candidate priors ``+inf``."""
+        B, N, C = probs.shape
+        dtype, device = probs.dtype, probs.device
+        p_t = torch.empty(B, C, N, dtype=dtype, device=device).copy_(probs.transpose(1, 2))  # own copy: edited below
+        log_pos = torch.log(p_t).clamp_(min=-100)  # -BCE(p, 1), clamped as F.binary_cross_entropy
+        log_neg = p_t.neg_().log1p_().clamp_(min=-100)  # -BCE(p, 0)
+        bg = log_neg.sum(dim=1, keepdim=True).neg_()  # (B, 1, N) cost if every class were background
+        table = torch.empty(B, C + 1, N, dtype=dtype, device=device)
+        # swap the GT's class to foreground: + BCE(p, 1) - BCE(p, 0) = log(1 - p) - log(p)
+        torch.sub(log_neg, log_pos, out=table[:, :C]).add_(bg)
+        del log_neg, log_pos, p_t, bg
+        if self.cls_weight != 1.0:
+            table[:, :C] *= self.cls_weight
+        # + inf (never chosen) for the priors that are no candidate (after the weight: 0 * inf)
+        off = torch.zeros(B, 1, N, dtype=dtype, device=device).masked_fill_(~candidates[:, None, :], float("inf"))
+        table[:, :C] += off
+        table[:, C] = float("inf")
+        return table
 
     # -- main -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -220,42 +231,46 @@ class SimOTAAssigner(ScratchOwner, Assigner):
         if G == 0 or N == 0:
             return empty_iou_assignment(B, N, dtype, device)
         chunks = gt_chunks(B, G, N, self.max_pairs)
-        scratch = scratch_for(self, device, B, max(c.stop - c.start for c in chunks), N, dtype)
+        candidates = self._candidates(priors, gt_boxes, gt, chunks)
+        gt_valid = gt.mask & candidates.any(dim=1, keepdim=True)
+        table = self._class_table(probs, candidates)
 
-        # pass 1: candidates (union over the real GTs)
-        candidates = torch.zeros(B, N, dtype=torch.bool, device=device)
-        for sl in chunks:
-            candidates |= self._geometry(priors, gt_boxes[:, sl], gt.mask[:, sl], scratch, need_central=False)[0]
-        has_cand = candidates.any(dim=1, keepdim=True)
+        # pair costs: table + iou_weight * -log(IoU + eps) (as log(IoU + eps) * -iou_weight, the
+        # same bits), + penalty unless central. Central rectangles per (GT, level), flat.
+        _, _, central = self._geometry(priors, gt_boxes, gt.mask)
+        L = len(central)
+        rect = [torch.stack([e[k] for e in central], -1).reshape(-1) for k in range(4)]  # (B * G * L,)
+        labels = torch.where(gt.mask, gt.labels, C)  # row C: padded GTs (inf)
+        row_off = ((torch.arange(B, device=device)[:, None] * (C + 1) + labels) * N).reshape(-1)
+        flat_table = table.reshape(-1)
+        px = priors.points[:, 0].to(dtype).contiguous()
+        py = priors.points[:, 1].to(dtype).contiguous()
+        levels = priors.levels.to(device)
 
-        # per-class cost table (B, C + 1, N): BCE of the prior's probabilities against each class's
-        # one-hot label (= sum of every class as background, with that class swapped to foreground);
-        # row C (padded GTs) and non-candidate priors are +inf
-        p_t = torch.empty(B, C, N, dtype=dtype, device=device).copy_(probs.transpose(1, 2))  # own copy: edited below
-        log_pos = torch.log(p_t).clamp_(min=-100)  # -BCE(p, 1), clamped as F.binary_cross_entropy
-        log_neg = p_t.neg_().log1p_().clamp_(min=-100)  # -BCE(p, 0)
-        bg = log_neg.sum(dim=1, keepdim=True).neg_()  # (B, 1, N) cost if every class were background
-        table = torch.empty(B, C + 1, N, dtype=dtype, device=device)
-        # swap the GT's class to foreground: + BCE(p, 1) - BCE(p, 0) = log(1 - p) - log(p)
-        torch.sub(log_neg, log_pos, out=table[:, :C]).add_(bg)
-        del log_neg, log_pos, p_t, bg
-        if self.cls_weight != 1.0:
-            table[:, :C] *= self.cls_weight
-        # + inf (never chosen) for the priors that are no candidate (after the weight: 0 * inf)
-        off = torch.zeros(B, 1, N, dtype=dtype, device=device).masked_fill_(~candidates[:, None, :], float("inf"))
-        table[:, :C] += off
-        table[:, C] = float("inf")
-        table = table.view(B * (C + 1), N)
-        # non-candidates predict a far-away point: IoU 0 with every GT, so they add nothing to k
-        boxes_c = torch.where(candidates[..., None], boxes_p, torch.full((), FAR, dtype=dtype, device=device))
+        def cost(rows: Tensor, n: Tensor, iou: Tensor, in_window: bool) -> Tensor:
+            c = flat_table.take(row_off.take(rows) + n)  # rows and n broadcast to the pairs' shape
+            c.add_(torch.add(iou, self.iou_eps).log_().mul_(-self.iou_weight))
+            if in_window:  # the window is the central rectangle
+                return c
+            li = rows * L + levels.take(n)
+            x, y = px.take(n), py.take(n)
+            ok = (x > rect[0].take(li)) & (y > rect[1].take(li)) & (rect[2].take(li) > x) & (rect[3].take(li) > y)
+            return torch.where(ok, c, c + self.penalty)
 
-        def cost_of(sl: slice) -> tuple[Tensor, Tensor]:
-            gmask = gt.mask[:, sl]
-            central = self._geometry(priors, gt_boxes[:, sl], gmask, scratch, need_candidates=False)[1]
-            rows = class_rows(gt.labels[:, sl], gmask, C + 1, C)
-            return self._cost(gt_boxes[:, sl], rows, table, boxes_c, central, scratch)
+        # bounds (with a small margin for the rounding): a non-central pair costs at least
+        # min_n(table) + log(1 + eps) * -iou_weight + penalty (IoU <= 1), and at least
+        # min_n(table) + log(eps) * -iou_weight + penalty if its IoU is 0
+        min_cls = table.amin(dim=2).double()  # (B, C + 1)
 
-        # pass 2: costs, dynamic k, each GT's cheapest priors; pass 3: priors chosen by several
-        # GTs go to the GT of lowest cost over all GTs
-        gt_index = select_dynamic_k(cost_of, chunks, gt.mask & has_cand, min(self.candidate_topk, N), N, dtype)
+        def bound(iou: float) -> Tensor:
+            b = (min_cls + (math.log(iou + self.iou_eps) * -self.iou_weight + self.penalty)).mul_(1 - 1e-6).sub_(1e-6)
+            return b.to(dtype).gather(1, labels)
+
+        pc = PairCosts(
+            gt_boxes=gt_boxes, gt_valid=gt_valid, pred_boxes=boxes_p, candidates=candidates, cost=cost,
+            bound=bound(1.0), bound_zero_iou=bound(0.0),
+            window=lambda sl: grid_window(priors, [tuple(e[:, sl] for e in r) for r in central], gt_valid[:, sl]),
+            base_size=float(min(priors.level_strides)),
+        )
+        gt_index = select_dynamic_k(pc, min(self.candidate_topk, N), chunks, self.max_pairs)
         return iou_assignment(gt_index, gt_boxes, boxes_p, candidates)
