@@ -24,6 +24,17 @@ accumulators with an explicit tie rule, so chunked and unchunked results are ide
 
 Pairwise tensors here are laid out ``(B, n, g)`` (GTs innermost): reducing over GTs for every prior
 (the hot reduction of MaxIoU / FCOS) is then a contiguous inner reduction.
+
+**Sparse windows (CPU).** A GT overlaps only a rows x cols rectangle of each level's priors (found by
+binary search, see ``plan_windows``); every other prior has IoU exactly 0 with it. On the CPU, MaxIoU,
+TopK, FCOS, HAMBox (stage 1) and the noisy-anchor bags work on these windows (a 40 px GT overlaps
+~370 of a 640 px image's 8400 priors), with results identical to the dense path, which stays the
+path of other devices and of small problems (``SMALL_DENSE``).
+
+CPU note (measured with this torch build): ``torch.where`` / ``masked_fill`` cost ~20-25 ns per
+element, ``minimum`` / ``clamp`` / ``threshold`` ~1 ns, advanced indexing ``t[idx]`` ~10-30 ns and
+``index_select`` ~2 ns, ``max`` with indices ~8 ns and ``amax`` ~0.5 ns: the hot loops use the cheap
+forms.
 """
 
 from __future__ import annotations
