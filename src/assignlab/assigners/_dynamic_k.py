@@ -497,21 +497,22 @@ class OverlapIndex:
 
     The *usable* predictions (candidate priors whose box has a positive, finite width and height:
     the others have IoU 0 with everything) are bucketed by size class -- the smallest ``W_j = base
-    * sqrt(2) ** j`` not below the box's larger side -- and by the cell of their top-left corner in
-    a grid of side ``S_j = max(W_j / 2, extent / 64)`` laid over the GTs' extent (clamped at its
-    border), and sorted by (image, class, cell row, cell column). A box of class ``j`` that
+    * 2 ** j`` not below the box's larger side -- and by the cell of their top-left corner in a grid
+    of side ``S_j >= W_j / 2`` laid over the GTs' extent (at most 64 cells per axis and about 4
+    boxes per cell of the class; clamped at the border), and sorted by (image, class, cell row,
+    cell column). A box of class ``j`` that
     overlaps a GT ``[x1, y1, x2, y2]`` has its top-left corner in ``(x1 - W_j, x2) x (y1 - W_j,
     y2)``: for each class and cell row, one contiguous run of the sorted boxes. The IoU of every
     box in these runs is computed (:func:`pair_iou`) and the positive ones are kept. Cells are
     computed in float64 with a small slack, so no overlapping pair is missed.
 
-    Example (one image, base 8): a 30 x 20 box is in class 4 (``W = 32``); for the GT
-    ``[100, 100, 140, 120]`` it is looked up among the class-4 corners in ``(68, 140) x (68, 120)``,
-    cells of 16 px.
+    Example (one image, base 8): a 30 x 20 box is in class 2 (``W = 32``); for the GT
+    ``[100, 100, 140, 120]`` it is looked up among the class-2 corners in ``(68, 140) x (68, 120)``:
+    with 16 px cells, the cell rows covering 68-120, each a run of columns covering 68-140.
     """
 
     MAX_CELLS = 64
-    STEP = 2.0
+    PER_CELL = 4.0
     CELL = 0.5
     SLACK = 1e-6  # cells
 
@@ -520,9 +521,9 @@ class OverlapIndex:
         device = usable.device
         self.B, self.N = B, N
         flat = pred_boxes.reshape(B * N, 4)
-        p = flat.double()
-        w, h = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
-        use = usable.reshape(-1) & (w > 0) & (h > 0) & torch.isfinite(p).all(1)
+        x1, y1 = flat[:, 0].double(), flat[:, 1].double()
+        w, h = flat[:, 2].double() - x1, flat[:, 3].double() - y1  # exact differences of float32
+        use = usable.reshape(-1) & (w > 0) & (h > 0) & torch.isfinite(flat).all(1)
         #: (B * N,) bool: the predictions that take part (IoU 0 with every GT for the others)
         self.usable = use
         g = gt_boxes.double()
@@ -536,24 +537,30 @@ class OverlapIndex:
             return
         self.x0, self.y0 = ext[0], ext[1]
         extent = max(ext[2] - ext[0], ext[3] - ext[1], base)
-        side = torch.where(use, torch.maximum(w, h), torch.full_like(w, base))
-        j = (torch.log2(side / base) / math.log2(self.STEP)).ceil_().clamp_(min=0)
-        j = torch.where(side > base * self.STEP**j, j + 1, j).long()  # guard the rounding of log2
-        present = torch.bincount(j, weights=use.double()).nonzero().squeeze(1).tolist()
+        # size class j: the smallest base * 2**j >= the larger side (frexp: side / base = m * 2**e,
+        # m in [0.5, 1), so 2**e is the smallest power of 2 above it, 2**(e - 1) when m == 0.5)
+        mant, e = torch.frexp(torch.where(use, torch.maximum(w, h), base) / base)
+        j = (e - (mant == 0.5).int()).clamp_(min=0).long()
+        counts = torch.bincount(j, weights=use.double())
+        present = counts.nonzero().squeeze(1)
+        counts = counts[present].tolist()
+        present = present.tolist()
         rank = torch.zeros(present[-1] + 1, dtype=torch.long, device=device)
         rank[present] = torch.arange(len(present), device=device)
         jj = rank[j]
         self.classes = []  # (W_j, S_j, cells per axis, first cell id)
         first = 0
-        for c in present:
-            W = base * self.STEP**c
-            S = max(W * self.CELL, extent / self.MAX_CELLS)
+        for c, n_j in zip(present, counts):
+            W = base * 2.0**c
+            # about PER_CELL boxes per cell: fewer, larger cells for sparse classes
+            cells = max(1.0, min(self.MAX_CELLS, (n_j / B / self.PER_CELL) ** 0.5))
+            S = max(W * self.CELL, extent / cells)
             K = int(extent / S) + 2
             self.classes.append((W, S, K, first))
             first += B * K * K
         S_t, K_t, F_t = (torch.tensor([c[i] for c in self.classes], device=device)[jj] for i in (1, 2, 3))
-        col = torch.minimum(((p[:, 0] - self.x0) / S_t).floor_().clamp_(min=0, max=1e9).long(), K_t - 1)
-        row = torch.minimum(((p[:, 1] - self.y0) / S_t).floor_().clamp_(min=0, max=1e9).long(), K_t - 1)
+        col = torch.minimum(((x1 - self.x0) / S_t).floor_().clamp_(min=0, max=1e9).long(), K_t - 1)
+        row = torch.minimum(((y1 - self.y0) / S_t).floor_().clamp_(min=0, max=1e9).long(), K_t - 1)
         img = torch.arange(B, device=device).repeat_interleave(N)
         key = F_t + (img * K_t + row) * K_t + col
         key = torch.where(use, key, torch.full_like(key, first))
@@ -696,11 +703,12 @@ def _segments(rows: Tensor, R: int, min_width: int) -> list[tuple[Tensor, Tensor
     return out
 
 
-def _merge(sel_c: Tensor, sel_n: Tensor, rows: Tensor, cost: Tensor, n: Tensor) -> None:
+def _merge(sel_c: Tensor, sel_n: Tensor, rows: Tensor, cost: Tensor, n: Tensor,
+           segments: list[tuple[Tensor, Tensor, Tensor]] | None = None) -> None:
     """Merge the row-sorted flat pairs ``(rows, cost, n)`` into every row's ``q`` cheapest
-    ``(sel_c, sel_n)`` ``(R, q)``, in place."""
+    ``(sel_c, sel_n)`` ``(R, q)``, in place (``segments``: ``_segments(rows, ...)`` if known)."""
     R, q = sel_c.shape
-    for sel, src, ok in _segments(rows, R, max(16, q)):
+    for sel, src, ok in segments if segments is not None else _segments(rows, R, max(16, q)):
         sel_c[sel], sel_n[sel] = lex_smallest(torch.cat([sel_c[sel], cost.take(src)], 1),
                                               torch.cat([sel_n[sel], n.take(src).masked_fill_(~ok, NO_PRIOR)], 1), q)
 
@@ -746,7 +754,8 @@ def select_dynamic_k(pc: PairCosts, q: int, chunks: list[slice], max_pairs: int)
         r2, p2, iou2 = index.pairs(gflat.index_select(0, grow), img, valid)
         n2 = p2 - img.index_select(0, r2) * N
         top = torch.zeros(R, q, dtype=dtype, device=device)
-        for sel, src, ok in _segments(r2, R, max(16, q)):
+        segments = _segments(r2, R, max(16, q))
+        for sel, src, ok in segments:
             qq = min(q, src.shape[1])
             top[sel, :qq] = iou2.take(src).masked_fill_(~ok, 0).topk(qq, dim=1).values
         s = top[:, 0]
@@ -772,13 +781,14 @@ def select_dynamic_k(pc: PairCosts, q: int, chunks: list[slice], max_pairs: int)
             del wp, wiou, member
         if pc.near is not False:
             if pc.near is True:
-                r1, n1, p1, i1 = r2, n2, p2, iou2
+                r1, n1, p1, i1, seg1 = r2, n2, p2, iou2, segments
             else:
                 m = pc.near(grow.index_select(0, r2), n2).nonzero().squeeze(1)
                 r1, n1, p1, i1 = (t.index_select(0, m) for t in (r2, n2, p2, iou2))
+                seg1 = None
             c1 = pc.cost(grow.index_select(0, r1), n1, i1, False)
             lowest.update(p1, c1, gti.index_select(0, r1))
-            _merge(sel_c, sel_n, r1, c1, n1)
+            _merge(sel_c, sel_n, r1, c1, n1, seg1)
         bound = pc.bound[:, sl].reshape(R)
         redo = _uncertified(sel_c, sel_n, k, valid, bound)
 
