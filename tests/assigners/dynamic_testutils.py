@@ -122,8 +122,9 @@ def _dynamic_k(cost, ious, q):
 
 
 def oracle_simota(priors, gt, pred, scores, center_radius=2.5, q=10, iou_weight=3.0, cls_weight=1.0,
-                  yolox=False) -> torch.Tensor:
-    """(B, N) gt_index of SimOTA, image by image (mmdet or YOLOX rules)."""
+                  yolox=False, penalty=None) -> torch.Tensor:
+    """(B, N) gt_index of SimOTA, image by image (mmdet or YOLOX rules; ``penalty`` None: the
+    flavour's)."""
     B, N = pred.shape[:2]
     out = torch.full((B, N), -1, dtype=torch.long)
     x, y, st = priors.points[:, 0:1], priors.points[:, 1:2], priors.strides[:, None]
@@ -144,6 +145,7 @@ def oracle_simota(priors, gt, pred, scores, center_radius=2.5, q=10, iou_weight=
         onehot = F.one_hot(lab, scores.shape[-1]).float()[None].expand(V, G, -1)
         cls = F.binary_cross_entropy(scores[b, valid][:, None].expand(V, G, -1), onehot, reduction="none").sum(-1)
         eps, pen = (1e-8, 1e6) if yolox else (1e-7, 1e5)
+        pen = pen if penalty is None else penalty
         cost = cls * cls_weight + (-torch.log(ious + eps)) * iou_weight + (~central) * pen
         m = _dynamic_k(cost, ious, q)
         vi = valid.nonzero()[:, 0]

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from assignlab.assigners import ASSIGNERS, DynamicSoftLabelAssigner
-from assignlab.core import GroundTruth, Priors
+from assignlab.core import GroundTruth, Priors, make_priors
 
 
 def run(assigner, priors, gt, boxes, scores):
@@ -202,3 +202,43 @@ def test_other_dtypes(dtype):
     res.validate(gt)
     if dtype == torch.float64:
         assert torch.equal(res.gt_index, ref.gt_index)
+
+
+# -- the bounds of the sparse selection (assigners/_dynamic_k.py) -------------------------------
+def _far_pair_problem():
+    # stride 8 only; GT 0 [11, 8, 43, 40] (centre (27, 24)); GT 1 [60, 0, 128, 128] makes the
+    # priors with x > 60 candidates. Every logit is +200: a pair at IoU 0 costs >= 200 + 48.35.
+    # Prior (28, 20) (near GT 0's centre) predicts IoU 0.1 with it: 200 * 0.9 * 0.81 + 3 * -ln 0.1
+    # = 152.7. Prior (68, 28), 5.15 strides away (beyond the 5-stride near square), predicts IoU
+    # 0.9: 200 * 0.1 * 0.01 + 3 * -ln 0.9 + 10 ** (5.15 - 3) = 141.9 -> it wins (k = 1).
+    pri = make_priors((128, 128), strides=(8,))
+    N = pri.num_priors
+    gt = GroundTruth(torch.tensor([[[11.0, 8.0, 43.0, 40.0], [60.0, 0.0, 128.0, 128.0]]]), torch.tensor([[0, 0]]),
+                     torch.tensor([[True, True]]))
+    pred = torch.tensor([200.0, 200.0, 201.0, 201.0]).repeat(1, N, 1)
+    near, far = (20 // 8) * 16 + 28 // 8, (28 // 8) * 16 + 68 // 8
+    pred[0, near] = torch.tensor([11.0, 8.0, 43.0, 11.2])
+    pred[0, far] = torch.tensor([11.0, 8.0, 43.0, 36.8])
+    return pri, gt, pred, torch.full((1, N, 1), 200.0), near, far
+
+
+def test_overlapping_pair_beyond_the_near_square_can_win():
+    pri, gt, pred, logits, near, far = _far_pair_problem()
+    res = run(DynamicSoftLabelAssigner(), pri, gt, pred, logits)
+    assert res.gt_index[0, far] == 0 and res.gt_index[0, near] == -1
+    assert torch.equal(res.gt_index, oracle_dsl(pri, gt, pred, logits))
+
+
+def test_prior_without_overlap_can_win():
+    # GT [0, 0, 32, 32]. Prior (12, 12) predicts a box that misses it (IoU 0) with logit -10:
+    # ~0 + 3 * -ln(1e-7) + 10 ** (0.71 - 3) = 48.36. Prior (20, 20) barely overlaps it (IoU 9e-10)
+    # with logit +10: 10.00 + 48.33 + 0.005 = 58.33; prior (28, 28) misses it with logit +10: 58.49.
+    # k = 1 -> the prior without overlap (the overlapping one alone is not enough).
+    pri = points_priors([[12, 12], [20, 20], [28, 28]], [8])
+    gt = gt_one([[0, 0, 32, 32]], [0])
+    boxes = [[40, 40, 50, 50], [31.999, 31.999, 41.0, 41.0], [60, 60, 61, 61]]
+    logits = [-10.0, 10.0, 10.0]
+    res = run(DynamicSoftLabelAssigner(), pri, gt, boxes, logits)
+    pred = torch.tensor(boxes).reshape(1, 3, 4)
+    assert torch.equal(res.gt_index, oracle_dsl(pri, gt, pred, torch.tensor(logits).reshape(1, 3, 1)))
+    assert res.gt_index.tolist() == [[0, -1, -1]]

@@ -307,3 +307,34 @@ def test_tal_cpu_buffers_are_a_dropped_cache():
         assert torch.equal(b(pri, gt, pred_boxes=pred, pred_scores=scores).gt_index, r1.gt_index)
     a.release_buffers()
     assert not hasattr(a, "_scratch")
+
+
+# -- the bounds of the sparse selection (assigners/_dynamic_k.py), with a small penalty ----------
+# GT 0 [0, 0, 24, 24] (centre region 12 +- 20): prior (12, 12) is central; prior (40, 12) is in
+# neither its box nor its region, but a candidate through GT 1 [32, 0, 48, 24], so it pays GT 0's
+# penalty (1 here instead of 1e5).
+PRI_B = [[12, 12], [40, 12]]
+GT_B = [[0, 0, 24, 24], [32, 0, 48, 24]]
+
+
+def test_non_central_pair_can_beat_the_central_ones():
+    # central prior: IoU 0.1 -> ln 2 + 3 * -ln 0.1 = 7.6; other prior: IoU 0.9 -> ln 2 + 0.32 + 1 = 2.0
+    pri = points_priors(PRI_B, [8])
+    boxes = [[0, 0, 24, 2.4], [0, 0, 24, 21.6]]
+    res = run(SimOTAAssigner(penalty=1.0), pri, gt_one(GT_B, [0, 0]), boxes, [0.5, 0.5])
+    assert res.gt_index.tolist() == [[-1, 0]]
+    ref = oracle_simota(pri, gt_one(GT_B, [0, 0]), torch.tensor(boxes).reshape(1, 2, 4),
+                        torch.tensor([0.5, 0.5]).reshape(1, 2, 1), penalty=1.0)
+    assert torch.equal(res.gt_index, ref)
+
+
+def test_non_central_pair_without_overlap_can_win():
+    # central prior: IoU 9e-10, p 0.01 -> 4.61 + 48.33 = 52.9; other prior: IoU 0, p 0.99 ->
+    # 0.01 + 48.35 + 1 = 49.4 for GT 0, but 0.01 + 48.35 for GT 1 (central there), which keeps it
+    pri = points_priors(PRI_B, [8])
+    boxes = [[23.999, 23.999, 30.0, 30.0], [60, 60, 61, 61]]
+    res = run(SimOTAAssigner(penalty=1.0), pri, gt_one(GT_B, [0, 0]), boxes, [0.01, 0.99])
+    assert res.gt_index.tolist() == [[-1, 1]]
+    ref = oracle_simota(pri, gt_one(GT_B, [0, 0]), torch.tensor(boxes).reshape(1, 2, 4),
+                        torch.tensor([0.01, 0.99]).reshape(1, 2, 1), penalty=1.0)
+    assert torch.equal(res.gt_index, ref)

@@ -198,14 +198,29 @@ class DynamicSoftLabelAssigner(Assigner):
             d.sqrt_().div_(stride.take(n)).sub_(self.soft_center_radius)
             return c.add_(torch.pow(10, d))
 
-        # a pair with IoU 0 costs at least the class cost at IoU 0 + log(eps) * -iou_weight (the
-        # centre cost is positive); a small margin covers the rounding
+        # which pairs to evaluate first: the overlapping ones within R = ceil(soft_center_radius) + 2
+        # strides of the GT centre (in x and y). Bounds of the others (a small margin covers the
+        # rounding): with IoU 0, the class cost at IoU 0 + log(eps) * -iou_weight (the centre cost
+        # is positive); farther, the other classes' background cost + log(1 + eps) * -iou_weight
+        # + 10 ** (R - soft_center_radius)
+        R = math.ceil(self.soft_center_radius) + 2
+        reach = stride * R
+
+        def near(rows: Tensor, n: Tensor) -> Tensor:
+            r = reach.take(n)
+            ok = torch.sub(px.take(n), cx.take(rows)).abs_() <= r
+            return ok.logical_and_(torch.sub(py.take(n), cy.take(rows)).abs_() <= r)
+
         at_zero = self._soft_cls(torch.zeros_like(ta), ta, tb, tp, rest.view(B, C + 1, N)[:, :C].reshape(B * C, N))
-        min_cls = at_zero.view(B, C, N).amin(dim=2).double()  # (B, C); inf where no candidate
-        bound = (min_cls + math.log(IOU_EPS) * -self.iou_weight).mul_(1 - 1e-5).sub_(1e-5).to(dtype).gather(1, lab)
+        zero_iou = at_zero.view(B, C, N).amin(dim=2).double() + math.log(IOU_EPS) * -self.iou_weight  # (B, C)
+        far = rest.view(B, C + 1, N)[:, :C].amin(dim=2).double() + (
+            math.log1p(IOU_EPS) * -self.iou_weight + 10.0 ** (R - self.soft_center_radius))
+        zero_iou = zero_iou.mul_(1 - 1e-4).sub_(1e-4).to(dtype).gather(1, lab)
+        far = far.mul_(1 - 1e-4).sub_(1e-4).to(dtype).gather(1, lab)
         pc = PairCosts(
             gt_boxes=gt_boxes, gt_valid=gt_valid, pred_boxes=boxes_p, candidates=candidates, cost=cost,
-            bound=bound, bound_zero_iou=bound, near=True, base_size=float(min(priors.level_strides)),
+            bound=torch.minimum(zero_iou, far), bound_zero_iou=zero_iou, near=near,
+            base_size=float(min(priors.level_strides)),
         )
         gt_index = select_dynamic_k(pc, min(self.topk, N), chunks, self.max_pairs)
         return iou_assignment(gt_index, gt_boxes, boxes_p, candidates)
