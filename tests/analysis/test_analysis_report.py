@@ -325,7 +325,15 @@ def test_facemask_config_validates_every_run():
     assert tcs["maxiou-0.35"].assigner_opts == {"pos_iou_thr": 0.35, "neg_iou_thr": 0.35}
     assert tcs["yolov5-all"].assigner_opts["dedup"] == "best_pred_iou"
     assert tcs["yolov5-anchors-fit"].anchors != tcs["yolov5"].anchors
-    assert {tcs[n].loss for n in ("tal-focal", "tal-qfl", "tal-vfl")} == {"focal", "qfl", "vfl"}
+    # the loss rows change only the classification term of YOLOv8's loss on TAL
+    assert {tcs[n].loss for n in ("tal", "tal-focal", "tal-qfl", "tal-vfl", "simota")} == {"v8"}
+    assert [tcs[n].loss_opts.get("cls_loss") for n in ("tal", "tal-focal", "tal-qfl", "tal-vfl")] == [
+        None, "focal", "qfl", "vfl"]
+    # the anchor-head assigners share YOLOv5's loss (only the sample selection differs)
+    for n in ("yolov5", "maxiou-0.5-0.4", "maxiou-0.35", "topk", "atss", "hambox", "noisy", "yolov5-anchors3"):
+        assert tcs[n].loss == "yolov5" and tcs[n].head == "anchor" and not tcs[n].loss_opts, n
+    assert tcs["yolov5-focal"].loss_opts == {"fl_gamma": 1.5}
+    assert [len(lvl) for lvl in tcs["yolov5-anchors3"].anchors] == [3, 3, 3]
 
 
 def test_cli_check_and_errors(tmp_path, capsys):
