@@ -353,3 +353,30 @@ def test_many_gts_chunked_and_linear_memory():
         full = make()(pri, gt, pred_boxes=pred, pred_scores=scores)
         for mp in (1, B * N * 7):
             assert torch.equal(make(max_pairs=mp)(pri, gt, pred_boxes=pred, pred_scores=scores).gt_index, full.gt_index)
+
+
+@pytest.mark.parametrize("make", [SimOTAAssigner, DynamicSoftLabelAssigner])
+def test_padded_rows_may_hold_non_finite_boxes(make):
+    pri, gt, pred, scores = random_problem(6, B=2, G=4)
+    boxes = gt.boxes.clone()
+    pad = ~gt.mask
+    assert pad.any()
+    junk = torch.tensor([math.nan, -math.inf, math.inf, 1e30])
+    boxes[pad] = junk
+    junked = GroundTruth(boxes, gt.labels, gt.mask)
+    a = make()(pri, gt, pred_boxes=pred, pred_scores=scores)
+    b = make()(pri, junked, pred_boxes=pred, pred_scores=scores)
+    assert torch.equal(a.gt_index, b.gt_index) and torch.equal(a.quality, b.quality)
+
+
+@pytest.mark.parametrize("make", [SimOTAAssigner, DynamicSoftLabelAssigner])
+def test_non_finite_predictions_count_as_iou_zero(make, monkeypatch):
+    pri, gt, pred, scores = random_problem(7, B=2, G=5)
+    pred = pred.clone()
+    pred[0, ::7, 0] = math.nan
+    pred[1, ::5, 2] = math.inf
+    if make is DynamicSoftLabelAssigner:
+        scores = torch.logit(scores)
+    module = dsl_module if make is DynamicSoftLabelAssigner else simota_module
+    res = check_against_dense(make(), module, monkeypatch, pri, gt, pred, scores)
+    assert res.positive.any()

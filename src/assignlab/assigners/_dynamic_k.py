@@ -580,7 +580,7 @@ class OverlapIndex:
         none = torch.zeros(0, dtype=torch.long, device=device)
         if self.empty or R == 0:
             return none, none, self.coords[0].new_zeros(0) if not self.empty else gt_boxes.new_zeros(0)
-        g64 = gt_boxes.double()
+        g64 = torch.where(valid[:, None], gt_boxes.double(), 0.0)  # padded rows may hold anything
         eps = self.SLACK
         spans = []
         for W, S, K, _ in self.classes:
