@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core import Assignment, GroundTruth, Priors
+from .detection import _local
 from .focal import sigmoid_focal_loss
 from .iou import ULTRALYTICS_CIOU, complete_iou
 from .objectness import YOLOV5_BALANCE, level_balanced_mean, scatter_objectness_target
@@ -155,14 +156,14 @@ class YOLOv5Loss:
         pos = assignment.positive
         dtype = pred_boxes.dtype
         gi = assignment.gt_index.clamp(min=0)
-        origin = priors.points.to(device=pred_boxes.device, dtype=dtype).repeat(1, 2)
-        s = priors.strides.to(device=pred_boxes.device, dtype=dtype)[:, None]
+        points = priors.points.to(device=pred_boxes.device, dtype=dtype)
+        strides = priors.strides.to(device=pred_boxes.device, dtype=dtype)
         unit = torch.tensor([-0.5, -0.5, 0.5, 0.5], dtype=dtype, device=pred_boxes.device)
         tb = torch.gather(gt.boxes.to(dtype), 1, gi[..., None].expand(B, N, 4))
         m = pos[..., None]
         # non-positive rows get a unit box: finite, and masked out of every term below
-        ciou = complete_iou(torch.where(m, (pred_boxes - origin) / s, unit), torch.where(m, (tb - origin) / s, unit),
-                            **ULTRALYTICS_CIOU)
+        ciou = complete_iou(torch.where(m, _local(pred_boxes, points, strides), unit),
+                            torch.where(m, _local(tb, points, strides), unit), **ULTRALYTICS_CIOU)
         w = assignment.box_weight.to(dtype)
         ones = (1.0,) * L
         lbox, _ = level_balanced_mean((1.0 - ciou) * w, levels, ones, ~pos)
