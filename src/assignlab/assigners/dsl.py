@@ -42,13 +42,14 @@ Implementation: batched over images with ``(B, G)`` padded GTs, in GT chunks und
 classification cost is the summed background cost of the *other* classes (a per-class table) plus
 one soft-label term per pair -- no ``(B, G, N, C)`` tensor (float32 rounding of the class sum
 differs from mmdet's by ulps). The dynamic k is selected sparsely
-(:func:`~._dynamic_k.select_dynamic_k`): only the pairs whose boxes overlap and the priors within
-``R = ceil(soft_center_radius) + 2`` strides of the GT centre (a square window per grid level) are
-evaluated. Every other candidate pair has IoU 0 and a centre cost of at least ``10 ** (R -
-soft_center_radius) >= 100``, so it costs at least ``min class cost - 3 log(1e-7) + 100``; a GT
-whose ``k``-th cheapest evaluated pair is cheaper than that chose exactly what the dense rule
-chooses, and the rare other GT is evaluated over all priors. Time and memory grow linearly with
-``G``.
+(:func:`~._dynamic_k.select_dynamic_k`): every GT's k comes from the pairs whose boxes overlap (an
+overlap index, not all pairs); its choice is searched among its overlapping pairs within ``R =
+ceil(soft_center_radius) + 2`` strides of its centre, which suffices when the ``k``-th is cheaper
+than every other pair can be: at IoU 0 at least ``min class cost at IoU 0 + 3 * -log(1e-7)``
+(the centre cost is positive), farther at least ``the other classes' background cost + 10 ** (R -
+soft_center_radius)`` (``>= 100``); otherwise among all its overlapping pairs, and in the rare
+last case among all priors. The decisions are those of the dense rule; exact ties go to the lower
+prior index (priors) and the lower GT index (conflicts). Time and memory grow linearly with ``G``.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class DynamicSoftLabelAssigner(Assigner):
             cost.sub_(b * ious)
         d = torch.sub(ious, p)
         return cost.mul_(d.mul_(d)).add_(rest)
+
     def _tables(self, scores: Tensor, candidates: Tensor) -> tuple[list[Tensor], Tensor]:
         """Per-class tables for the soft-label classification cost.
 
@@ -211,10 +213,12 @@ class DynamicSoftLabelAssigner(Assigner):
             ok = torch.sub(px.take(n), cx.take(rows)).abs_() <= r
             return ok.logical_and_(torch.sub(py.take(n), cy.take(rows)).abs_() <= r)
 
+        def iou_cost(iou: float) -> float:  # the IoU cost term, with the pairs' operations
+            return float(torch.full((), iou, dtype=dtype, device=device).add_(IOU_EPS).log_().mul_(-self.iou_weight))
+
         at_zero = self._soft_cls(torch.zeros_like(ta), ta, tb, tp, rest.view(B, C + 1, N)[:, :C].reshape(B * C, N))
-        zero_iou = at_zero.view(B, C, N).amin(dim=2).double() + math.log(IOU_EPS) * -self.iou_weight  # (B, C)
-        far = rest.view(B, C + 1, N)[:, :C].amin(dim=2).double() + (
-            math.log1p(IOU_EPS) * -self.iou_weight + 10.0 ** (R - self.soft_center_radius))
+        zero_iou = at_zero.view(B, C, N).amin(dim=2).double() + iou_cost(0.0)  # (B, C)
+        far = rest.view(B, C + 1, N)[:, :C].amin(dim=2).double() + (iou_cost(1.0) + 10.0 ** (R - self.soft_center_radius))
         zero_iou = zero_iou.mul_(1 - 1e-4).sub_(1e-4).to(dtype).gather(1, lab)
         far = far.mul_(1 - 1e-4).sub_(1e-4).to(dtype).gather(1, lab)
         pc = PairCosts(

@@ -55,16 +55,16 @@ Implementation: batched over images with ``(B, G)`` padded GTs, in GT chunks und
 table ``(B, C + 1, N)`` -- the BCE of a prior if every class were background, with one class
 swapped to foreground -- looked up per pair, so no ``(B, G, N, C)`` tensor is built (the sum over
 classes is therefore rounded differently from mmdet's, by float32 ulps). The dynamic k is selected
-sparsely (:func:`~._dynamic_k.select_dynamic_k`): only the pairs whose boxes overlap and the
-central pairs (found per grid level by ``searchsorted``) are evaluated; every other candidate pair
-pays the penalty at IoU 0, so it costs at least ``min class cost - 3 log(eps) + P`` -- a GT whose
-``k``-th cheapest evaluated pair is cheaper than that chose exactly what the dense rule chooses,
-and the rare other GT is evaluated over all priors. Time and memory grow linearly with ``G``.
+sparsely (:func:`~._dynamic_k.select_dynamic_k`): every GT's k comes from the pairs whose boxes
+overlap (an overlap index, not all pairs); its choice is searched among its central priors first
+(found per grid level by ``searchsorted``), which suffices when the ``k``-th is cheaper than
+``min class cost + 3 * -log(1 + eps) + P`` (a bound of every non-central pair); otherwise among
+all its overlapping pairs too (bound ``min class cost + 3 * -log(eps) + P``), and in the rare last
+case among all priors. The decisions are those of the dense rule; exact ties go to the lower
+prior index (priors) and the lower GT index (conflicts). Time and memory grow linearly with ``G``.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -263,7 +263,8 @@ class SimOTAAssigner(Assigner):
         min_cls = table.amin(dim=2).double()  # (B, C + 1)
 
         def bound(iou: float) -> Tensor:
-            b = (min_cls + (math.log(iou + self.iou_eps) * -self.iou_weight + self.penalty)).mul_(1 - 1e-6).sub_(1e-6)
+            at = torch.full((), iou, dtype=dtype, device=device).add_(self.iou_eps).log_().mul_(-self.iou_weight)
+            b = (min_cls + at.double() + self.penalty).mul_(1 - 1e-6).sub_(1e-6)
             return b.to(dtype).gather(1, labels)
 
         pc = PairCosts(
