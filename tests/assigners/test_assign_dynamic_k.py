@@ -124,8 +124,12 @@ def test_overlap_index_finds_every_positive_iou(seed, scale):
     usable = torch.rand(B, N, generator=g) < 0.9
     ix = dk.OverlapIndex(pred, usable, gtb, valid, 8.0)
     img = torch.arange(B).repeat_interleave(G)
-    rows, prior, iou = ix.pairs(gtb.reshape(-1, 4), img, valid.reshape(-1))
+    spans = ix.spans(gtb.reshape(-1, 4), img, valid.reshape(-1))
+    rows, prior, iou = ix.pairs(gtb.reshape(-1, 4), *spans)
     assert torch.all(rows[1:] >= rows[:-1])
+    for budget in (1, 7):  # rows tested in small groups: the same pairs in the same order
+        again = ix.pairs(gtb.reshape(-1, 4), *spans, budget)
+        assert all(torch.equal(a, b) for a, b in zip(again, (rows, prior, iou)))
     got = {(int(r), int(p)): float(v) for r, p, v in zip(rows, prior, iou)}
     v = dk.pair_iou(tuple(gtb[..., i][..., None] for i in range(4)), tuple(pred[..., i][:, None, :] for i in range(4)))
     hit = (v > 0) & valid[..., None] & (usable & torch.isfinite(pred).all(-1))[:, None, :]
@@ -213,6 +217,19 @@ def test_select_matches_dense_reference(seed, mode):
     for max_pairs in (10**6, 1):
         got = dk.select_dynamic_k(pc, 4, gt_chunks(B, G, N, max_pairs), max_pairs)
         assert torch.equal(got, ref), (mode, max_pairs)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dense_chunks_match_dense_reference(seed, monkeypatch):
+    # chunks whose boxes mostly overlap are evaluated densely: force it for every chunk
+    monkeypatch.setattr(dk, "DENSE_SHARE", 0.0)
+    for kw in (dict(), dict(window=False, near=True)):
+        pc = synthetic(seed, **kw)
+        B, G = pc.gt_valid.shape
+        cost, iou = dense_of(pc)
+        ref = dense_dynamic_k(cost, iou, pc.gt_valid, pc.candidates, 4)
+        for max_pairs in (10**6, 1):
+            assert torch.equal(dk.select_dynamic_k(pc, 4, gt_chunks(B, G, PRI.num_priors, max_pairs), max_pairs), ref)
 
 
 def test_synthetic_problems_have_ties_and_conflicts():
@@ -380,3 +397,40 @@ def test_non_finite_predictions_count_as_iou_zero(make, monkeypatch):
     module = dsl_module if make is DynamicSoftLabelAssigner else simota_module
     res = check_against_dense(make(), module, monkeypatch, pri, gt, pred, scores)
     assert res.positive.any()
+
+
+@pytest.mark.parametrize("make", [SimOTAAssigner, DynamicSoftLabelAssigner])
+def test_huge_predictions_take_the_dense_path(make, monkeypatch):
+    # every predicted box covers the image: every pair overlaps, the chunk is evaluated densely
+    pri, gt, pred, scores = random_problem(8, B=2, G=5)
+    boxes = gt.boxes.clone()
+    boxes[:, 0] = torch.tensor([0.0, 0.0, 96.0, 96.0])  # every prior a candidate (DSL: inside a box)
+    gt = GroundTruth(boxes, gt.labels, gt.mask | (torch.arange(gt.max_boxes) == 0))
+    c = pri.points[None].expand(2, -1, 2)
+    pred = torch.cat([c - 200, c + 200 + torch.rand(c.shape, generator=torch.Generator().manual_seed(0))], -1)
+    if make is DynamicSoftLabelAssigner:
+        scores = torch.logit(scores)
+    module = dsl_module if make is DynamicSoftLabelAssigner else simota_module
+    calls = []
+    real = dk._Selection._all_priors
+    monkeypatch.setattr(dk._Selection, "_all_priors", lambda self, rows, top=None: (calls.append(top is not None),
+                                                                                      real(self, rows, top))[1])
+    check_against_dense(make(), module, monkeypatch, pri, gt, pred, scores)
+    assert calls and calls[0]
+
+
+@pytest.mark.parametrize("make", [SimOTAAssigner, SimOTAAssigner.yolox, DynamicSoftLabelAssigner])
+def test_cost_of_all_priors_equals_the_pair_cost(make, monkeypatch):
+    pri, gt, pred, scores = random_problem(9, B=2, G=5, C=3)
+    module = dsl_module if make is DynamicSoftLabelAssigner else simota_module
+    seen = spy_on(module, monkeypatch)
+    make()(pri, gt, pred_boxes=pred, pred_scores=scores)
+    pc = seen["pc"]
+    rows = pc.gt_valid.reshape(-1).nonzero().squeeze(1)
+    N = pri.num_priors
+    iou = torch.rand(rows.numel(), N)
+    iou[:, ::3] = 0
+    a = pc.cost_all(rows, iou)
+    b = pc.cost(rows[:, None], torch.arange(N), iou, False)
+    ok = pc.candidates.reshape(-1, N)[torch.div(rows, gt.max_boxes, rounding_mode="floor")]
+    assert torch.equal(a[ok], b[ok])

@@ -359,6 +359,8 @@ def class_rows(labels: Tensor, gt_valid: Tensor, rows_per_image: int, pad_row: i
 
 #: prior index of a padding entry in a row of ``(cost, prior)`` entries
 NO_PRIOR = 2**32 - 1
+#: a GT chunk is evaluated densely when its candidate overlapping pairs exceed this share of all pairs
+DENSE_SHARE = 0.3
 _KEY_PAD = 2**63 - 1
 
 
@@ -572,14 +574,14 @@ class OverlapIndex:
         self.prior = perm
         self.coords = tuple(flat[:, i].index_select(0, perm).contiguous() for i in range(4))
 
-    def pairs(self, gt_boxes: Tensor, img: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(rows, priors, ious)``: every pair of a valid GT row of ``gt_boxes`` ``(R, 4)`` (in image
-        ``img`` ``(R,)``) and a prediction (flat ``b * N + n``) with a positive IoU, ordered by row."""
+    def spans(self, gt_boxes: Tensor, img: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Runs of sorted boxes that may overlap each valid GT row of ``gt_boxes`` ``(R, 4)`` (in
+        image ``img`` ``(R,)``): ``(starts, lengths)`` ``(R, S)`` and the number of candidate pairs."""
         R = valid.shape[0]
         device = valid.device
-        none = torch.zeros(0, dtype=torch.long, device=device)
         if self.empty or R == 0:
-            return none, none, self.coords[0].new_zeros(0) if not self.empty else gt_boxes.new_zeros(0)
+            z = torch.zeros(R, 0, dtype=torch.long, device=device)
+            return z, z, 0
         g64 = torch.where(valid[:, None], gt_boxes.double(), 0.0)  # padded rows may hold anything
         eps = self.SLACK
         spans = []
@@ -601,20 +603,47 @@ class OverlapIndex:
             starts.append(s)
             lens.append(torch.where(i < nr[:, None], e - s, 0).clamp_(min=0))
         if not starts:
-            return none, none, gt_boxes.new_zeros(0)
+            z = torch.zeros(R, 0, dtype=torch.long, device=device)
+            return z, z, 0
         starts, lens = torch.cat(starts, 1), torch.cat(lens, 1)
-        row_len = lens.sum(1)
-        lens, starts = lens.reshape(-1), starts.reshape(-1)
-        total = int(row_len.sum())
+        return starts, lens, int(lens.sum())
+
+    def pairs(self, gt_boxes: Tensor, starts: Tensor, lens: Tensor, total: int,
+              budget: int = 2**23) -> tuple[Tensor, Tensor, Tensor]:
+        """``(rows, priors, ious)``: every pair of the GT rows of :meth:`spans` and a prediction
+        (flat ``b * N + n``) with a positive IoU, ordered by row. Candidate pairs are tested in
+        groups of rows of at most ``budget`` pairs (one row at least)."""
+        R = starts.shape[0]
+        device = starts.device
+        none = torch.zeros(0, dtype=torch.long, device=device)
         if total == 0:
             return none, none, gt_boxes.new_zeros(0)
-        first = lens.cumsum(0).sub_(lens)  # first output slot of each run
-        pos = torch.repeat_interleave(starts - first, lens, output_size=total).add_(torch.arange(total, device=device))
-        rows = torch.repeat_interleave(torch.arange(R, device=device), row_len, output_size=total)
-        iou = pair_iou(tuple(gt_boxes[:, i].contiguous().index_select(0, rows) for i in range(4)),
-                       tuple(c.index_select(0, pos) for c in self.coords))
-        keep = (iou > 0).nonzero().squeeze(1)
-        return rows.index_select(0, keep), self.prior.index_select(0, pos.index_select(0, keep)), iou.index_select(0, keep)
+        row_len = lens.sum(1)
+        groups = [(0, R)]
+        if total > budget:  # bound the transient memory: consecutive rows, about budget pairs each
+            ends = torch.searchsorted(row_len.cumsum(0), torch.arange(1, total // budget + 1, device=device) * budget)
+            cuts = sorted({0, R, *(min(R, max(1, int(e))) for e in ends.tolist())})
+            groups = list(zip(cuts[:-1], cuts[1:]))
+        out = []
+        gcols = [gt_boxes[:, i].contiguous() for i in range(4)]
+        for r0, r1 in groups:
+            ln, st, rl = lens[r0:r1].reshape(-1), starts[r0:r1].reshape(-1), row_len[r0:r1]
+            m = int(rl.sum())
+            if m == 0:
+                continue
+            first = ln.cumsum(0).sub_(ln)  # first output slot of each run
+            pos = torch.repeat_interleave(st - first, ln, output_size=m).add_(torch.arange(m, device=device))
+            rows = torch.repeat_interleave(torch.arange(r0, r1, device=device), rl, output_size=m)
+            iou = pair_iou(tuple(c.index_select(0, rows) for c in gcols), tuple(c.index_select(0, pos) for c in self.coords))
+            keep = (iou > 0).nonzero().squeeze(1)
+            out.append((rows.index_select(0, keep), self.prior.index_select(0, pos.index_select(0, keep)),
+                        iou.index_select(0, keep)))
+            del pos, rows, iou, keep
+        if not out:
+            return none, none, gt_boxes.new_zeros(0)
+        if len(out) == 1:
+            return out[0]
+        return tuple(torch.cat(t) for t in zip(*out))  # type: ignore[return-value]
 
 
 @dataclass
@@ -639,6 +668,9 @@ class PairCosts:
             ones, which pay no penalty).
         near: which pairs with a positive IoU are evaluated first: ``near(rows, n) -> bool``, True
             (all of them; DSL) or False (none; SimOTA). Must exclude window pairs.
+        cost_all: ``cost_all(rows, iou)`` or None: ``(f, N)`` the costs of all priors of the GT
+            rows ``rows`` ``(f,)`` (their IoUs ``iou`` ``(f, N)``), the same values as ``cost``
+            (a faster form: rows of tables instead of gathers).
         base_size: smallest size class of :class:`OverlapIndex` (the smallest stride).
     """
 
@@ -651,6 +683,7 @@ class PairCosts:
     bound_zero_iou: Tensor
     window: Callable[[slice], tuple[Tensor, Tensor]] | None = None
     near: Callable[[Tensor, Tensor], Tensor] | bool = False
+    cost_all: Callable[[Tensor, Tensor], Tensor] | None = None
     base_size: float = 8.0
 
 
@@ -723,128 +756,168 @@ def select_dynamic_k(pc: PairCosts, q: int, chunks: list[slice], max_pairs: int)
     with a positive IoU (``bound_zero_iou``); (3) all priors. Priors chosen several times go to
     the lowest-cost GT over the evaluated pairs when that cost is below every GT's ``bound``, else
     over all GTs. Work and memory grow with the number of evaluated pairs (about ``G x
-    (overlapping boxes + window)``), not with ``G x N``.
+    (overlapping boxes + window)``), not with ``G x N``. A chunk where most boxes overlap most GTs
+    (candidate pairs above ``DENSE_SHARE`` of all pairs, e.g. huge predicted boxes) is evaluated
+    densely instead, with the same results.
     """
-    B, G = pc.gt_valid.shape
-    N = pc.candidates.shape[1]
-    dtype, device = pc.pred_boxes.dtype, pc.pred_boxes.device
-    q = min(q, N)
-    index = OverlapIndex(pc.pred_boxes, pc.candidates, pc.gt_boxes, pc.gt_valid, pc.base_size)
-    usable = index.usable
-    cand = pc.candidates.reshape(-1)
-    pcoords = tuple(pc.pred_boxes[..., i].reshape(-1).contiguous() for i in range(4))
-    gcoords = tuple(pc.gt_boxes[..., i].reshape(-1).contiguous() for i in range(4))
-    gflat = pc.gt_boxes.reshape(B * G, 4)
-
-    count = torch.zeros(B * N, dtype=torch.long, device=device)
-    chooser = torch.full((B * N,), -1, dtype=torch.long, device=device)
-    lowest = _Lowest(B * N, dtype, device)
-
+    sel = _Selection(pc, min(q, pc.candidates.shape[1]), max_pairs)
     for sl in chunks:
+        if sl.stop > sl.start:
+            sel.chunk(sl)
+    return sel.result()
+
+
+class _Selection:
+    """The state of one :func:`select_dynamic_k` call: the overlap index, the choices (count and
+    chooser per prior) and the running lowest cost per prior; :meth:`chunk` handles GT rows."""
+
+    def __init__(self, pc: PairCosts, q: int, max_pairs: int) -> None:
+        B, G = pc.gt_valid.shape
+        N = pc.candidates.shape[1]
+        self.pc, self.q, self.max_pairs = pc, q, max_pairs
+        self.B, self.G, self.N = B, G, N
+        self.dtype, self.device = pc.pred_boxes.dtype, pc.pred_boxes.device
+        self.index = OverlapIndex(pc.pred_boxes, pc.candidates, pc.gt_boxes, pc.gt_valid, pc.base_size)
+        self.usable = self.index.usable
+        self.cand = pc.candidates.reshape(-1)
+        self.pcoords = tuple(pc.pred_boxes[..., i].reshape(-1).contiguous() for i in range(4))
+        self.gcoords = tuple(pc.gt_boxes[..., i].reshape(-1).contiguous() for i in range(4))
+        self.count = torch.zeros(B * N, dtype=torch.long, device=self.device)
+        self.chooser = torch.full((B * N,), -1, dtype=torch.long, device=self.device)
+        self.lowest = _Lowest(B * N, self.dtype, self.device)
+
+    def chunk(self, sl: slice) -> None:
+        """Choose the priors of the GT rows ``sl`` (all images)."""
+        pc, q, B, G, N, device = self.pc, self.q, self.B, self.G, self.N, self.device
         g = sl.stop - sl.start
-        if g == 0:
-            continue
         R = B * g
-        img = torch.arange(B, device=device).repeat_interleave(g)  # (R,)
-        gti = torch.arange(sl.start, sl.stop, device=device).repeat(B)  # (R,) GT index
-        grow = img * G + gti  # (R,) global row
-        valid = pc.gt_valid[:, sl].reshape(R)
-
-        # the pairs with a positive IoU, ordered by row; k = max(1, int(sum of the q largest))
-        r2, p2, iou2 = index.pairs(gflat.index_select(0, grow), img, valid)
-        n2 = p2 - img.index_select(0, r2) * N
-        top = torch.zeros(R, q, dtype=dtype, device=device)
-        segments = _segments(r2, R, max(16, q))
-        for sel, src, ok in segments:
-            qq = min(q, src.shape[1])
-            top[sel, :qq] = iou2.take(src).masked_fill_(~ok, 0).topk(qq, dim=1).values
+        self.sl, self.R = sl, R
+        self.img = torch.arange(B, device=device).repeat_interleave(g)  # (R,)
+        self.gti = torch.arange(sl.start, sl.stop, device=device).repeat(B)  # (R,) GT index
+        self.grow = self.img * G + self.gti  # (R,) global row
+        self.valid = pc.gt_valid[:, sl].reshape(R)
+        self.sel_c = torch.full((R, q), math.inf, dtype=self.dtype, device=device)
+        self.sel_n = torch.full((R, q), NO_PRIOR, dtype=torch.long, device=device)
+        top = torch.zeros(R, q, dtype=self.dtype, device=device)  # q largest IoUs per GT
+        rows_boxes = pc.gt_boxes.reshape(B * G, 4).index_select(0, self.grow)
+        starts, lens, total = self.index.spans(rows_boxes, self.img, self.valid)
+        dense = total > DENSE_SHARE * R * N
+        if dense:  # most boxes overlap most GTs (e.g. huge predictions): the dense rule is cheaper
+            self._all_priors(self.valid.nonzero().squeeze(1), top)
+        else:  # the pairs with a positive IoU, ordered by row
+            r2, p2, iou2 = self.index.pairs(rows_boxes, starts, lens, total, max(1, self.max_pairs // 4))
+            self.ious = (r2, p2 - self.img.index_select(0, r2) * N, p2, iou2)
+            self.segments = _segments(r2, R, max(16, q))
+            for rows, src, ok in self.segments:
+                qq = min(q, src.shape[1])
+                top[rows, :qq] = iou2.take(src).masked_fill_(~ok, 0).topk(qq, dim=1).values
+        del starts, lens
         s = top[:, 0]
-        for jq in range(1, q):  # sequential, largest first (mmdet's topk(...).sum(0))
-            s = s + top[:, jq]
-        k = torch.where(valid, s.to(torch.int32).clamp(min=1).long(), 0)
+        for j in range(1, q):  # sequential, largest first (mmdet's topk(...).sum(0))
+            s = s + top[:, j]
+        self.k = torch.where(self.valid, s.to(torch.int32).clamp(min=1).long(), 0)
+        if not dense:
+            self._all_priors(self._tiers())  # tier 3 for the GTs that tiers 1 and 2 did not certify
+            del self.ious, self.segments
 
+        take = (torch.arange(q, device=device)[None, :] < self.k[:, None]) & (self.sel_n != NO_PRIOR)
+        r, j = take.nonzero(as_tuple=True)
+        prior = self.img[r] * N + self.sel_n[r, j]
+        self.count.scatter_add_(0, prior, torch.ones_like(prior))
+        self.chooser.scatter_reduce_(0, prior, self.gti[r], "amax")
+
+    def _tiers(self) -> Tensor:
+        """Tiers 1 and 2 (:func:`select_dynamic_k`); returns the rows left for tier 3."""
+        pc, q, N, R, sl = self.pc, self.q, self.N, self.R, self.sl
+        img, gti, grow, valid, k = self.img, self.gti, self.grow, self.valid, self.k
+        r2, n2, p2, iou2 = self.ious
         # tier 1: window pairs (any IoU) and near pairs
-        sel_c = torch.full((R, q), math.inf, dtype=dtype, device=device)
-        sel_n = torch.full((R, q), NO_PRIOR, dtype=torch.long, device=device)
         wcost = wn = wzero = None
         if pc.window is not None:
             widx, wmem = pc.window(sl)
             wn = widx.reshape(R, -1)
             wp = img[:, None] * N + wn
-            wiou = pair_iou(tuple(c.index_select(0, grow)[:, None] for c in gcoords), tuple(c.take(wp) for c in pcoords))
-            wiou.masked_fill_(~usable[wp], 0)
-            member = wmem.reshape(R, -1) & cand[wp]
+            wiou = pair_iou(tuple(c.index_select(0, grow)[:, None] for c in self.gcoords),
+                            tuple(c.take(wp) for c in self.pcoords))
+            wiou.masked_fill_(~self.usable[wp], 0)
+            member = wmem.reshape(R, -1) & self.cand[wp]
             wcost = pc.cost(grow[:, None], wn, wiou, True).masked_fill_(~member, math.inf)
-            sel_c, sel_n = lex_smallest(wcost, wn.masked_fill(~member, NO_PRIOR), q)
-            lowest.update(wp, wcost, gti[:, None].expand_as(wp))
+            self.sel_c, self.sel_n = lex_smallest(wcost, wn.masked_fill(~member, NO_PRIOR), q)
+            self.lowest.update(wp, wcost, gti[:, None].expand_as(wp))
             wzero = member & ~(wiou > 0)  # tier 2 takes the others from the IoU pairs
             del wp, wiou, member
         if pc.near is not False:
             if pc.near is True:
-                r1, n1, p1, i1, seg1 = r2, n2, p2, iou2, segments
+                r1, n1, p1, i1, seg1 = r2, n2, p2, iou2, self.segments
             else:
                 m = pc.near(grow.index_select(0, r2), n2).nonzero().squeeze(1)
                 r1, n1, p1, i1 = (t.index_select(0, m) for t in (r2, n2, p2, iou2))
                 seg1 = None
             c1 = pc.cost(grow.index_select(0, r1), n1, i1, False)
-            lowest.update(p1, c1, gti.index_select(0, r1))
-            _merge(sel_c, sel_n, r1, c1, n1, seg1)
-        bound = pc.bound[:, sl].reshape(R)
-        redo = _uncertified(sel_c, sel_n, k, valid, bound)
+            self.lowest.update(p1, c1, gti.index_select(0, r1))
+            _merge(self.sel_c, self.sel_n, r1, c1, n1, seg1)
+        redo = _uncertified(self.sel_c, self.sel_n, k, valid, pc.bound[:, sl].reshape(R))
 
         # tier 2: + every pair with a positive IoU
         if redo.numel() and pc.near is not True:
-            sub = torch.zeros(R, dtype=torch.bool, device=device)
+            sub = torch.zeros(R, dtype=torch.bool, device=self.device)
             sub[redo] = True
             m = sub.index_select(0, r2).nonzero().squeeze(1)
             r1, n1 = r2.index_select(0, m), n2.index_select(0, m)
             c1 = pc.cost(grow.index_select(0, r1), n1, iou2.index_select(0, m), False)
-            lowest.update(p2.index_select(0, m), c1, gti.index_select(0, r1))
+            self.lowest.update(p2.index_select(0, m), c1, gti.index_select(0, r1))
             if wcost is not None:  # window pairs at IoU 0
-                sel_c[redo], sel_n[redo] = lex_smallest(wcost[redo], wn[redo].masked_fill(~wzero[redo], NO_PRIOR), q)
+                self.sel_c[redo], self.sel_n[redo] = lex_smallest(
+                    wcost[redo], wn[redo].masked_fill(~wzero[redo], NO_PRIOR), q)
             else:
-                sel_c[redo], sel_n[redo] = math.inf, NO_PRIOR
-            _merge(sel_c, sel_n, r1, c1, n1)
+                self.sel_c[redo], self.sel_n[redo] = math.inf, NO_PRIOR
+            _merge(self.sel_c, self.sel_n, r1, c1, n1)
         if redo.numel():
             bound2 = pc.bound_zero_iou[:, sl].reshape(R)
-            redo = redo[_uncertified(sel_c[redo], sel_n[redo], k[redo], valid[redo], bound2[redo])]
+            redo = redo[_uncertified(self.sel_c[redo], self.sel_n[redo], k[redo], valid[redo], bound2[redo])]
+        return redo
 
-        # tier 3: all priors
-        per = max(1, max_pairs // max(N, 1))
-        for i0 in range(0, redo.numel(), per):
-            rows = redo[i0 : i0 + per]
-            f = rows.numel()
-            allp = torch.arange(N, device=device)
-            pp = img[rows][:, None] * N + allp
-            iou = pair_iou(tuple(c[grow[rows]][:, None] for c in gcoords), tuple(c.take(pp) for c in pcoords))
-            iou.masked_fill_(~usable[pp], 0)
-            ok = cand[pp]
-            cost = pc.cost(grow[rows][:, None], allp, iou, False).masked_fill_(~ok, math.inf)
-            sel_c[rows], sel_n[rows] = lex_smallest(cost, allp.expand(f, N).masked_fill(~ok, NO_PRIOR), q)
-            lowest.update(pp, cost, gti[rows][:, None].expand(f, N))
+    def _all_priors(self, rows: Tensor, top: Tensor | None = None) -> None:
+        """Evaluate every prior of the GT rows ``rows`` (the dense rule), in groups under a quarter
+        of ``max_pairs`` pairs; with ``top``, also store their q largest IoUs there."""
+        pc, B, N = self.pc, self.B, self.N
+        per = max(1, self.max_pairs // max(4 * N, 1))
+        allp = torch.arange(N, device=self.device)
+        for i0 in range(0, rows.numel(), per):
+            rs = rows[i0 : i0 + per]
+            f = rs.numel()
+            imgs, grs = self.img.index_select(0, rs), self.grow.index_select(0, rs)
+            iou = pair_iou(tuple(c.index_select(0, grs)[:, None] for c in self.gcoords),
+                           tuple(c.view(B, N).index_select(0, imgs) for c in self.pcoords))
+            iou.masked_fill_(~self.usable.view(B, N).index_select(0, imgs), 0)
+            if top is not None:
+                top[rs] = iou.topk(self.q, dim=1).values
+            ok = self.cand.view(B, N).index_select(0, imgs)
+            cost = pc.cost_all(grs, iou) if pc.cost_all is not None else pc.cost(grs[:, None], allp, iou, False)
+            cost.masked_fill_(~ok, math.inf)
+            self.sel_c[rs], self.sel_n[rs] = lex_smallest(cost, allp.expand(f, N).masked_fill(~ok, NO_PRIOR), self.q)
+            self.lowest.update(imgs[:, None] * N + allp, cost, self.gti.index_select(0, rs)[:, None].expand(f, N))
 
-        take = (torch.arange(q, device=device)[None, :] < k[:, None]) & (sel_n != NO_PRIOR)
-        r, jq = take.nonzero(as_tuple=True)
-        pr = img[r] * N + sel_n[r, jq]
-        count.scatter_add_(0, pr, torch.ones_like(pr))
-        chooser.scatter_reduce_(0, pr, gti[r], "amax")
-
-    # priors chosen several times: the lowest cost over the evaluated pairs is the lowest over all
-    # GTs when it is below every GT's bound; otherwise evaluate all GTs of the image
-    best_cost, best_gt = lowest.result()
-    img_bound = torch.where(pc.gt_valid, pc.bound, math.inf).amin(1)  # (B,)
-    multi = count > 1
-    unsure = (multi & ~(best_cost < img_bound.repeat_interleave(N))).nonzero().squeeze(1)
-    per = max(1, max_pairs // max(G, 1))
-    for i0 in range(0, unsure.numel(), per):
-        pp = unsure[i0 : i0 + per]
-        rows = torch.div(pp, N, rounding_mode="floor")[:, None] * G + torch.arange(G, device=device)
-        iou = pair_iou(tuple(c[rows] for c in gcoords), tuple(c[pp][:, None] for c in pcoords))
-        iou.masked_fill_(~usable[pp][:, None], 0)
-        cost = pc.cost(rows, (pp % N)[:, None], iou, False).masked_fill_(~pc.gt_valid.reshape(-1)[rows], math.inf)
-        best_gt[pp] = cost.min(dim=1).indices  # first index among equal costs
-    gi = torch.where(multi, best_gt, torch.where(count == 1, chooser, torch.full_like(chooser, -1)))
-    return gi.view(B, N)
+    def result(self) -> Tensor:
+        """``(B, N)`` gt_index. Priors chosen several times: the lowest cost over the evaluated
+        pairs is the lowest over all GTs when it is below every GT's bound; otherwise all GTs of
+        the image are evaluated at the prior."""
+        pc, B, G, N = self.pc, self.B, self.G, self.N
+        best_cost, best_gt = self.lowest.result()
+        img_bound = torch.where(pc.gt_valid, pc.bound, math.inf).amin(1)  # (B,)
+        multi = self.count > 1
+        unsure = (multi & ~(best_cost < img_bound.repeat_interleave(N))).nonzero().squeeze(1)
+        per = max(1, self.max_pairs // max(4 * G, 1))
+        gvalid = pc.gt_valid.reshape(-1)
+        for i0 in range(0, unsure.numel(), per):
+            pp = unsure[i0 : i0 + per]
+            rows = torch.div(pp, N, rounding_mode="floor")[:, None] * G + torch.arange(G, device=self.device)
+            iou = pair_iou(tuple(c[rows] for c in self.gcoords), tuple(c[pp][:, None] for c in self.pcoords))
+            iou.masked_fill_(~self.usable[pp][:, None], 0)
+            cost = pc.cost(rows, (pp % N)[:, None], iou, False).masked_fill_(~gvalid[rows], math.inf)
+            best_gt[pp] = cost.min(dim=1).indices  # first index among equal costs
+        none = torch.full_like(self.chooser, -1)
+        return torch.where(multi, best_gt, torch.where(self.count == 1, self.chooser, none)).view(B, N)
 
 
 def _uncertified(sel_c: Tensor, sel_n: Tensor, k: Tensor, valid: Tensor, bound: Tensor) -> Tensor:

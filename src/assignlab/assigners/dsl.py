@@ -200,6 +200,20 @@ class DynamicSoftLabelAssigner(Assigner):
             d.sqrt_().div_(stride.take(n)).sub_(self.soft_center_radius)
             return c.add_(torch.pow(10, d))
 
+        tabs = [t.view(B * C, N) for t in (ta, tb, tp)]
+        rest_rows = rest.view(B * (C + 1), N)
+        row_tab, row_rest = torch.div(off, N, rounding_mode="floor"), torch.div(off_rest, N, rounding_mode="floor")
+
+        def cost_all(rows: Tensor, ious: Tensor) -> Tensor:  # all priors of the rows: table rows
+            ti = row_tab.index_select(0, rows)
+            a_, b_, p_ = (t.index_select(0, ti) for t in tabs)
+            c = self._soft_cls(ious, a_, b_, p_, rest_rows.index_select(0, row_rest.index_select(0, rows)))
+            c.add_(torch.add(ious, IOU_EPS).log_().mul_(-self.iou_weight))
+            d = torch.sub(px, cx.index_select(0, rows)[:, None]).pow_(2)
+            d.add_(torch.sub(py, cy.index_select(0, rows)[:, None]).pow_(2))
+            d.sqrt_().div_(stride).sub_(self.soft_center_radius)
+            return c.add_(torch.pow(10, d))
+
         # which pairs to evaluate first: the overlapping ones within R = ceil(soft_center_radius) + 2
         # strides of the GT centre (in x and y). Bounds of the others (a small margin covers the
         # rounding): with IoU 0, the class cost at IoU 0 + log(eps) * -iou_weight (the centre cost
@@ -223,7 +237,7 @@ class DynamicSoftLabelAssigner(Assigner):
         far = far.mul_(1 - 1e-4).sub_(1e-4).to(dtype).gather(1, lab)
         pc = PairCosts(
             gt_boxes=gt_boxes, gt_valid=gt_valid, pred_boxes=boxes_p, candidates=candidates, cost=cost,
-            bound=torch.minimum(zero_iou, far), bound_zero_iou=zero_iou, near=near,
+            bound=torch.minimum(zero_iou, far), bound_zero_iou=zero_iou, near=near, cost_all=cost_all,
             base_size=float(min(priors.level_strides)),
         )
         gt_index = select_dynamic_k(pc, min(self.topk, N), chunks, self.max_pairs)

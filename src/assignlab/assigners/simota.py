@@ -257,6 +257,25 @@ class SimOTAAssigner(Assigner):
             ok = (x > rect[0].take(li)) & (y > rect[1].take(li)) & (rect[2].take(li) > x) & (rect[3].take(li) > y)
             return torch.where(ok, c, c + self.penalty)
 
+        tab_rows = table.view(B * (C + 1), N)
+        row_tab = torch.div(row_off, N, rounding_mode="floor")
+        rect_rows = [r.view(B * G, L) for r in rect]
+        level_slices = priors.level_slices()
+
+        def cost_all(rows: Tensor, iou: Tensor) -> Tensor:  # all priors of the rows: table rows
+            c = tab_rows.index_select(0, row_tab.index_select(0, rows))
+            c.add_(torch.add(iou, self.iou_eps).log_().mul_(-self.iou_weight))
+            e = [r.index_select(0, rows) for r in rect_rows]  # (f, L) central rectangles
+            ok = torch.empty(c.shape, dtype=torch.bool, device=device)
+            for li, sl in enumerate(level_slices):
+                x, y = px[sl], py[sl]
+                o = ok[:, sl]
+                torch.gt(x, e[0][:, li : li + 1], out=o)
+                o &= y > e[1][:, li : li + 1]
+                o &= e[2][:, li : li + 1] > x
+                o &= e[3][:, li : li + 1] > y
+            return torch.where(ok, c, c + self.penalty)
+
         # bounds (with a small margin for the rounding): a non-central pair costs at least
         # min_n(table) + log(1 + eps) * -iou_weight + penalty (IoU <= 1), and at least
         # min_n(table) + log(eps) * -iou_weight + penalty if its IoU is 0
@@ -269,7 +288,7 @@ class SimOTAAssigner(Assigner):
 
         pc = PairCosts(
             gt_boxes=gt_boxes, gt_valid=gt_valid, pred_boxes=boxes_p, candidates=candidates, cost=cost,
-            bound=bound(1.0), bound_zero_iou=bound(0.0),
+            bound=bound(1.0), bound_zero_iou=bound(0.0), cost_all=cost_all,
             window=lambda sl: grid_window(priors, [tuple(e[:, sl] for e in r) for r in central], gt_valid[:, sl]),
             base_size=float(min(priors.level_strides)),
         )
