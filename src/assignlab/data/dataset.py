@@ -61,8 +61,8 @@ from ..core.groundtruth import BadBoxError
 from .cache import DEFAULT_CACHE_MAX_MB, ImageCache, build_image_cache
 from .color import hsv_enabled, random_hsv
 from .loader import ImageMeta
-from .mosaic import Mosaic, MosaicTile, tile_shape
-from .transforms import DetectionTransform
+from .mosaic import Mosaic, MosaicOutput, MosaicTile, tile_shape
+from .transforms import DetectionTransform, TransformOutput
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -591,6 +591,11 @@ class DetectionDataset(Dataset):
             pad=(float(out.params.pad[0]), float(out.params.pad[1])),
             flipped=out.flipped,
         )
+        return self._finish(out, meta, generator)
+
+    def _finish(self, out: TransformOutput | MosaicOutput, meta: ImageMeta,
+                generator: torch.Generator | None) -> tuple[Tensor, dict[str, Any]]:
+        """The sample of a transformed image (plain or mosaic): colour jitter and the target dict."""
         target = {
             "boxes": out.boxes,
             "labels": out.labels,
@@ -661,15 +666,7 @@ class DetectionDataset(Dataset):
             error="; ".join(errors) if errors else None,
             mosaic=tuple(used),
         )
-        target = {
-            "boxes": out.boxes,
-            "labels": out.labels,
-            "ignore": out.ignore,
-            "ignore_labels": out.ignore_labels,
-            "meta": meta,
-            "num_dropped": out.num_dropped,
-        }
-        return self._color(out.image, generator), target
+        return self._finish(out, meta, generator)
 
     # ------------------------------------------------------------------ evaluation
     def category_id(self, label: int) -> int:
