@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import assignlab.assigners._dynamic_k as dk
 import assignlab.assigners.dsl as dsl_module
 import assignlab.assigners.simota as simota_module
-from assignlab.assigners import DynamicSoftLabelAssigner, SimOTAAssigner
+from assignlab.assigners import DynamicSoftLabelAssigner, SimOTAAssigner, TaskAlignedAssigner
 from assignlab.core import GroundTruth, Priors, gt_chunks, make_priors
 
 PRI = make_priors((48, 48), strides=(8, 16))  # 36 + 9 priors
@@ -434,3 +434,139 @@ def test_cost_of_all_priors_equals_the_pair_cost(make, monkeypatch):
     b = pc.cost(rows[:, None], torch.arange(N), iou, False)
     ok = pc.candidates.reshape(-1, N)[torch.div(rows, gt.max_boxes, rounding_mode="floor")]
     assert torch.equal(a[ok], b[ok])
+
+
+# -- the accelerator path: every pair evaluated, no host synchronisation ---------------------------
+class _NoHostSync:
+    """Makes every tensor -> host read-back raise (``.item()``, ``.tolist()``, ``nonzero``,
+    ``bool()``, ``int()``, ``float()``): what would stall a CUDA stream."""
+
+    NAMES = ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+
+    def __enter__(self):
+        self.saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
+        self.saved_fn = torch.nonzero
+
+        def boom(*args, **kwargs):
+            raise AssertionError("host synchronisation on the sync-free path")
+
+        for n in self.NAMES:
+            setattr(torch.Tensor, n, boom)
+        torch.nonzero = boom
+        return self
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
+        torch.nonzero = self.saved_fn
+        return False
+
+
+def test_no_host_sync_guard_catches_a_read_back():
+    # the guard itself must be able to fail
+    x = torch.tensor([0.0, 1.0])
+    for read in (lambda: x.nonzero(), lambda: bool(x.any()), lambda: x.sum().item(), lambda: x.tolist(),
+                 lambda: int(x[1]), lambda: torch.nonzero(x)):
+        with _NoHostSync(), pytest.raises(AssertionError, match="host synchronisation"):
+            read()
+    assert x.nonzero().tolist() == [[1]]  # restored
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("mode", ["window", "window+near", "tier2", "dense", "overlaps"])
+def test_sync_free_path_matches_dense_reference_without_host_sync(seed, mode, monkeypatch):
+    kw = {"window": dict(), "window+near": dict(near="centre"), "tier2": dict(bounds="tier2"),
+          "dense": dict(bounds="dense"), "overlaps": dict(window=False, near=True)}[mode]
+    pc = synthetic(seed, **kw)
+    B, G = pc.gt_valid.shape
+    N = PRI.num_priors
+    cost, iou = dense_of(pc)
+    ref = dense_dynamic_k(cost, iou, pc.gt_valid, pc.candidates, 4)
+    monkeypatch.setattr(dk, "sync_free", lambda device: True)
+    for max_pairs in (10**6, 1):
+        chunks = gt_chunks(B, G, N, max_pairs)
+        with _NoHostSync():
+            got = dk.select_dynamic_k(pc, 4, chunks, max_pairs)
+        assert torch.equal(got, ref), (mode, max_pairs)
+
+
+def test_sync_free_is_chosen_by_device():
+    assert not dk.sync_free(torch.device("cpu"))
+    assert dk.sync_free(torch.device("cuda", 0)) and dk.sync_free(torch.device("mps"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("make", [SimOTAAssigner, SimOTAAssigner.yolox, DynamicSoftLabelAssigner])
+def test_assigners_sync_free_equal_sparse(make, dtype, monkeypatch):
+    # SimOTA / DSL end to end (float64: the non-keyed running minimum): the accelerator path gives
+    # the CPU path's result, with padded rows holding junk and some non-finite predictions
+    for seed in range(3):
+        pri, gt, pred, scores = random_problem(10 + seed, B=3, G=6)
+        boxes = gt.boxes.clone()
+        boxes[~gt.mask] = torch.tensor([math.nan, -math.inf, math.inf, 1e30])
+        gt = GroundTruth(boxes.to(dtype), gt.labels, gt.mask)
+        pred = pred.clone().to(dtype)
+        pred[0, ::9, 1] = math.nan
+        scores = scores.to(dtype)
+        if make is DynamicSoftLabelAssigner:
+            scores = torch.logit(scores)
+        for mp in (2**25, 64):
+            sparse = make(max_pairs=mp)(pri, gt, pred_boxes=pred, pred_scores=scores)
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(dk, "sync_free", lambda device: True)
+                dense = make(max_pairs=mp)(pri, gt, pred_boxes=pred, pred_scores=scores)
+            assert sparse.positive.sum() > 5
+            assert torch.equal(dense.gt_index, sparse.gt_index), (seed, mp)
+            torch.testing.assert_close(dense.quality, sparse.quality, rtol=0, atol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(tie_problems(), st.sampled_from(["mmdet", "yolox", "dsl"]), st.sampled_from([2**25, 1]))
+def test_property_sync_free_matches_dense_rule(problem, kind, max_pairs):
+    gt, pred, scores = problem
+    pri = make_priors((48, 48), strides=(8, 16))
+    if kind == "dsl":
+        a, module, scores = DynamicSoftLabelAssigner(max_pairs=max_pairs), dsl_module, torch.logit(scores)
+    else:
+        a = SimOTAAssigner(max_pairs=max_pairs) if kind == "mmdet" else SimOTAAssigner.yolox(max_pairs=max_pairs)
+        module = simota_module
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dk, "sync_free", lambda device: True)
+        check_against_dense(a, module, mp, pri, gt, pred, scores)
+
+
+@pytest.mark.parametrize("make", [SimOTAAssigner, DynamicSoftLabelAssigner, TaskAlignedAssigner,
+                                  TaskAlignedAssigner.ultralytics])
+def test_non_finite_predicted_boxes_are_empty_boxes(make):
+    # a diverging model: NaN / inf coordinates behave exactly as the empty box [0, 0, 0, 0] (IoU 0),
+    # so no target or weight is NaN (before: NaN soft targets for SimOTA and YOLOv8's TAL)
+    pri, gt, pred, scores = random_problem(10, B=3, G=6)
+    bad = pred.clone()
+    bad[:, ::3, 1] = math.nan
+    bad[:, 1::5, 2] = math.inf
+    bad[:, 2::7, 0] = -math.inf
+    empty = torch.where(torch.isfinite(bad).all(-1, keepdim=True), bad, 0.0)
+    a = make()(pri, gt, pred_boxes=bad, pred_scores=scores)
+    b = make()(pri, gt, pred_boxes=empty, pred_scores=scores)
+    assert a.positive.sum() > 5
+    for name in ("gt_index", "quality", "box_weight", "cls_weight"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    for t in (a.quality, a.box_weight, *[v for v in a.extras.values() if v.is_floating_point()]):
+        assert torch.isfinite(t).all()
+
+
+@pytest.mark.parametrize("make", [SimOTAAssigner, SimOTAAssigner.yolox, DynamicSoftLabelAssigner,
+                                  TaskAlignedAssigner, TaskAlignedAssigner.ultralytics])
+def test_whole_call_is_sync_free_on_accelerators(make, monkeypatch):
+    # the only read-back left on an accelerator is the GT label range check (a clear error for bad
+    # labels, one scalar per call); everything else runs without host synchronisation
+    pri, gt, pred, scores = random_problem(11, B=3, G=6)
+    if make is DynamicSoftLabelAssigner:
+        scores = torch.logit(scores)
+    expected = make()(pri, gt, pred_boxes=pred, pred_scores=scores)
+    monkeypatch.setattr(dk, "sync_free", lambda device: True)
+    monkeypatch.setattr(dk, "check_gt_labels", lambda *args, **kwargs: None)
+    with _NoHostSync():
+        got = make()(pri, gt, pred_boxes=pred, pred_scores=scores)
+    assert expected.positive.sum() > 5
+    assert torch.equal(got.gt_index, expected.gt_index) and torch.equal(got.quality, expected.quality)

@@ -334,6 +334,10 @@ def prepare_predictions(
     ``scores_are`` ``"logits"`` / ``"probabilities"`` returns probabilities
     (:func:`prepare_scores`); ``None`` returns the scores as given. Raises ``ValueError`` when a
     real GT's label is outside ``[0, C)``, ``C`` = the number of score columns.
+
+    A predicted box with a non-finite coordinate (a diverging model) becomes the empty box
+    ``[0, 0, 0, 0]``: IoU 0 with every GT, so it is never a reason to choose its prior and a
+    positive there gets the soft target 0 instead of NaN (checked without a host sync).
     """
     check_predictions(priors, gt, pred_boxes, pred_scores, name)
     scores = pred_scores.detach() if scores_are is None else prepare_scores(pred_scores, scores_are)[0]
@@ -341,6 +345,7 @@ def prepare_predictions(
     scores = scores.to(dtype)
     C = scores.shape[-1]
     boxes_p = pred_boxes.detach().to(dtype)
+    boxes_p = torch.where(torch.isfinite(boxes_p).all(-1, keepdim=True), boxes_p, 0.0)
     gt_boxes = gt.boxes.to(dtype)
     check_gt_labels(gt, C, f"{name}: a GT label is outside [0, {C}) (pred_scores has {C} classes)")
     return scores, boxes_p, gt_boxes
@@ -493,6 +498,20 @@ def _row_buckets(lens: Tensor, min_width: int) -> list[tuple[Tensor, int]]:
     return out
 
 
+def usable_predictions(pred_boxes: Tensor, candidates: Tensor) -> Tensor:
+    """``(B * N,)`` bool: candidate priors whose predicted box has a positive, finite width and
+    height (the others have IoU 0 with every GT)."""
+    flat = pred_boxes.reshape(-1, 4)
+    return candidates.reshape(-1) & (flat[:, 2] > flat[:, 0]) & (flat[:, 3] > flat[:, 1]) & torch.isfinite(flat).all(1)
+
+
+def sync_free(device: torch.device) -> bool:
+    """Whether :func:`select_dynamic_k` must run without host synchronisation: on accelerators
+    (every data-dependent size read back to the host would stall the device's queue). The CPU
+    takes the sparse path, whose sizes depend on the data."""
+    return device.type != "cpu"
+
+
 class OverlapIndex:
     """Every (GT, predicted box) pair with a positive IoU, without evaluating all ``B x G x N``
     pairs.
@@ -525,7 +544,7 @@ class OverlapIndex:
         flat = pred_boxes.reshape(B * N, 4)
         x1, y1 = flat[:, 0].double(), flat[:, 1].double()
         w, h = flat[:, 2].double() - x1, flat[:, 3].double() - y1  # exact differences of float32
-        use = usable.reshape(-1) & (w > 0) & (h > 0) & torch.isfinite(flat).all(1)
+        use = usable_predictions(pred_boxes, usable)
         #: (B * N,) bool: the predictions that take part (IoU 0 with every GT for the others)
         self.usable = use
         g = gt_boxes.double()
@@ -699,17 +718,25 @@ class _Lowest:
             self.cost = torch.full((numel,), math.inf, dtype=dtype, device=device)
             self.best = torch.zeros(numel, dtype=torch.long, device=device)
 
-    def update(self, prior: Tensor, cost: Tensor, gt: Tensor) -> None:
+    def update(self, prior: Tensor, cost: Tensor, gt: Tensor, keep: Tensor | None = None) -> None:
+        """Take the pairs ``(prior, cost, gt)`` into account (only where ``keep``, if given)."""
         prior, cost, gt = prior.reshape(-1), cost.reshape(-1), gt.reshape(-1)
         if prior.numel() == 0:
             return
+        keep = None if keep is None else keep.reshape(-1)
         if self.keyed:
             key = (_order_bits(cost).long() * 2**32).add_(gt)
+            if keep is not None:
+                key.masked_fill_(~keep, _KEY_PAD)
             self.key.scatter_reduce_(0, prior, key, "amin")
             return
+        if keep is not None:
+            cost = cost.masked_fill(~keep, math.inf)
         cm = torch.full_like(self.cost, math.inf).scatter_reduce_(0, prior, cost, "amin")
-        hit = (cost == cm.index_select(0, prior)).nonzero().squeeze(1)
-        gm = torch.full_like(self.best, 2**62).scatter_reduce_(0, prior[hit], gt[hit], "amin")
+        hit = cost == cm.index_select(0, prior)
+        if keep is not None:
+            hit &= keep
+        gm = torch.full_like(self.best, 2**62).scatter_reduce_(0, prior, torch.where(hit, gt, 2**62), "amin")
         better = (cm < self.cost) | ((cm == self.cost) & (gm < self.best))
         self.cost = torch.where(better, cm, self.cost)
         self.best = torch.where(better, gm, self.best)
@@ -759,8 +786,12 @@ def select_dynamic_k(pc: PairCosts, q: int, chunks: list[slice], max_pairs: int)
     (overlapping boxes + window)``), not with ``G x N``. A chunk where most boxes overlap most GTs
     (candidate pairs above ``DENSE_SHARE`` of all pairs, e.g. huge predicted boxes) is evaluated
     densely instead, with the same results.
+
+    On accelerators (:func:`sync_free`) every chunk is evaluated densely, in groups of GT rows
+    under a quarter of ``max_pairs``, with no host synchronisation: the same decisions (tested on
+    the CPU by forcing this path), memory bounded by ``max_pairs``, and work ``G x N``.
     """
-    sel = _Selection(pc, min(q, pc.candidates.shape[1]), max_pairs)
+    sel = _Selection(pc, min(q, pc.candidates.shape[1]), max_pairs, sync_free(pc.pred_boxes.device))
     for sl in chunks:
         if sl.stop > sl.start:
             sel.chunk(sl)
@@ -771,14 +802,17 @@ class _Selection:
     """The state of one :func:`select_dynamic_k` call: the overlap index, the choices (count and
     chooser per prior) and the running lowest cost per prior; :meth:`chunk` handles GT rows."""
 
-    def __init__(self, pc: PairCosts, q: int, max_pairs: int) -> None:
+    def __init__(self, pc: PairCosts, q: int, max_pairs: int, no_sync: bool = False) -> None:
         B, G = pc.gt_valid.shape
         N = pc.candidates.shape[1]
-        self.pc, self.q, self.max_pairs = pc, q, max_pairs
+        self.pc, self.q, self.max_pairs, self.no_sync = pc, q, max_pairs, no_sync
         self.B, self.G, self.N = B, G, N
         self.dtype, self.device = pc.pred_boxes.dtype, pc.pred_boxes.device
-        self.index = OverlapIndex(pc.pred_boxes, pc.candidates, pc.gt_boxes, pc.gt_valid, pc.base_size)
-        self.usable = self.index.usable
+        if no_sync:  # every pair is evaluated: no index
+            self.usable = usable_predictions(pc.pred_boxes, pc.candidates)
+        else:
+            self.index = OverlapIndex(pc.pred_boxes, pc.candidates, pc.gt_boxes, pc.gt_valid, pc.base_size)
+            self.usable = self.index.usable
         self.cand = pc.candidates.reshape(-1)
         self.pcoords = tuple(pc.pred_boxes[..., i].reshape(-1).contiguous() for i in range(4))
         self.gcoords = tuple(pc.gt_boxes[..., i].reshape(-1).contiguous() for i in range(4))
@@ -799,19 +833,23 @@ class _Selection:
         self.sel_c = torch.full((R, q), math.inf, dtype=self.dtype, device=device)
         self.sel_n = torch.full((R, q), NO_PRIOR, dtype=torch.long, device=device)
         top = torch.zeros(R, q, dtype=self.dtype, device=device)  # q largest IoUs per GT
-        rows_boxes = pc.gt_boxes.reshape(B * G, 4).index_select(0, self.grow)
-        starts, lens, total = self.index.spans(rows_boxes, self.img, self.valid)
-        dense = total > DENSE_SHARE * R * N
-        if dense:  # most boxes overlap most GTs (e.g. huge predictions): the dense rule is cheaper
-            self._all_priors(self.valid.nonzero().squeeze(1), top)
-        else:  # the pairs with a positive IoU, ordered by row
-            r2, p2, iou2 = self.index.pairs(rows_boxes, starts, lens, total, max(1, self.max_pairs // 4))
-            self.ious = (r2, p2 - self.img.index_select(0, r2) * N, p2, iou2)
-            self.segments = _segments(r2, R, max(16, q))
-            for rows, src, ok in self.segments:
-                qq = min(q, src.shape[1])
-                top[rows, :qq] = iou2.take(src).masked_fill_(~ok, 0).topk(qq, dim=1).values
-        del starts, lens
+        if self.no_sync:  # every row (invalid ones take nothing: k = 0), no size read back
+            dense = True
+            self._all_priors(torch.arange(R, device=device), top)
+        else:
+            rows_boxes = pc.gt_boxes.reshape(B * G, 4).index_select(0, self.grow)
+            starts, lens, total = self.index.spans(rows_boxes, self.img, self.valid)
+            dense = total > DENSE_SHARE * R * N
+            if dense:  # most boxes overlap most GTs (e.g. huge predictions): the dense rule is cheaper
+                self._all_priors(self.valid.nonzero().squeeze(1), top)
+            else:  # the pairs with a positive IoU, ordered by row
+                r2, p2, iou2 = self.index.pairs(rows_boxes, starts, lens, total, max(1, self.max_pairs // 4))
+                self.ious = (r2, p2 - self.img.index_select(0, r2) * N, p2, iou2)
+                self.segments = _segments(r2, R, max(16, q))
+                for rows, src, ok in self.segments:
+                    qq = min(q, src.shape[1])
+                    top[rows, :qq] = iou2.take(src).masked_fill_(~ok, 0).topk(qq, dim=1).values
+            del starts, lens
         s = top[:, 0]
         for j in range(1, q):  # sequential, largest first (mmdet's topk(...).sum(0))
             s = s + top[:, j]
@@ -820,11 +858,12 @@ class _Selection:
             self._all_priors(self._tiers())  # tier 3 for the GTs that tiers 1 and 2 did not certify
             del self.ious, self.segments
 
+        # the first k entries of every row (none on padding); the others point at prior 0 with
+        # count 0 and chooser -1, which change nothing (no nonzero(): no size read back)
         take = (torch.arange(q, device=device)[None, :] < self.k[:, None]) & (self.sel_n != NO_PRIOR)
-        r, j = take.nonzero(as_tuple=True)
-        prior = self.img[r] * N + self.sel_n[r, j]
-        self.count.scatter_add_(0, prior, torch.ones_like(prior))
-        self.chooser.scatter_reduce_(0, prior, self.gti[r], "amax")
+        prior = (self.img[:, None] * N + self.sel_n).masked_fill_(~take, 0).view(-1)
+        self.count.scatter_add_(0, prior, take.long().view(-1))
+        self.chooser.scatter_reduce_(0, prior, torch.where(take, self.gti[:, None], -1).view(-1), "amax")
 
     def _tiers(self) -> Tensor:
         """Tiers 1 and 2 (:func:`select_dynamic_k`); returns the rows left for tier 3."""
@@ -892,11 +931,11 @@ class _Selection:
             iou.masked_fill_(~self.usable.view(B, N).index_select(0, imgs), 0)
             if top is not None:
                 top[rs] = iou.topk(self.q, dim=1).values
-            ok = self.cand.view(B, N).index_select(0, imgs)
+            ok = self.cand.view(B, N).index_select(0, imgs) & self.valid.index_select(0, rs)[:, None]
             cost = pc.cost_all(grs, iou) if pc.cost_all is not None else pc.cost(grs[:, None], allp, iou, False)
             cost.masked_fill_(~ok, math.inf)
             self.sel_c[rs], self.sel_n[rs] = lex_smallest(cost, allp.expand(f, N).masked_fill(~ok, NO_PRIOR), self.q)
-            self.lowest.update(imgs[:, None] * N + allp, cost, self.gti.index_select(0, rs)[:, None].expand(f, N))
+            self.lowest.update(imgs[:, None] * N + allp, cost, self.gti.index_select(0, rs)[:, None].expand(f, N), ok)
 
     def result(self) -> Tensor:
         """``(B, N)`` gt_index. Priors chosen several times: the lowest cost over the evaluated
@@ -904,8 +943,11 @@ class _Selection:
         the image are evaluated at the prior."""
         pc, B, G, N = self.pc, self.B, self.G, self.N
         best_cost, best_gt = self.lowest.result()
-        img_bound = torch.where(pc.gt_valid, pc.bound, math.inf).amin(1)  # (B,)
         multi = self.count > 1
+        none = torch.full_like(self.chooser, -1)
+        if self.no_sync:  # every pair was evaluated: the lowest cost is over all GTs
+            return torch.where(multi, best_gt, torch.where(self.count == 1, self.chooser, none)).view(B, N)
+        img_bound = torch.where(pc.gt_valid, pc.bound, math.inf).amin(1)  # (B,)
         unsure = (multi & ~(best_cost < img_bound.repeat_interleave(N))).nonzero().squeeze(1)
         per = max(1, self.max_pairs // max(4 * G, 1))
         gvalid = pc.gt_valid.reshape(-1)
@@ -916,7 +958,6 @@ class _Selection:
             iou.masked_fill_(~self.usable[pp][:, None], 0)
             cost = pc.cost(rows, (pp % N)[:, None], iou, False).masked_fill_(~gvalid[rows], math.inf)
             best_gt[pp] = cost.min(dim=1).indices  # first index among equal costs
-        none = torch.full_like(self.chooser, -1)
         return torch.where(multi, best_gt, torch.where(self.count == 1, self.chooser, none)).view(B, N)
 
 

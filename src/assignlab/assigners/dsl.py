@@ -227,8 +227,9 @@ class DynamicSoftLabelAssigner(Assigner):
             ok = torch.sub(px.take(n), cx.take(rows)).abs_() <= r
             return ok.logical_and_(torch.sub(py.take(n), cy.take(rows)).abs_() <= r)
 
-        def iou_cost(iou: float) -> float:  # the IoU cost term, with the pairs' operations
-            return float(torch.full((), iou, dtype=dtype, device=device).add_(IOU_EPS).log_().mul_(-self.iou_weight))
+        def iou_cost(iou: float) -> float:  # the IoU cost term in float64 on the host (no device
+            # read-back); within an ulp of the pairs' own, far inside the bounds' 1e-4 margin
+            return -self.iou_weight * math.log(iou + IOU_EPS)
 
         at_zero = self._soft_cls(torch.zeros_like(ta), ta, tb, tp, rest.view(B, C + 1, N)[:, :C].reshape(B * C, N))
         zero_iou = at_zero.view(B, C, N).amin(dim=2).double() + iou_cost(0.0)  # (B, C)
