@@ -1,6 +1,8 @@
-"""Test helpers shared by the static assigner tests (ATSS, top-k, FCOS, max-IoU)."""
+"""Test helpers shared by the assigner tests: random boxes (static assigners), a host read-back guard."""
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from torch import Tensor
@@ -21,3 +23,46 @@ def random_boxes(
         b = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([float(W), float(H)]))], 1)
         out.append(b.round() if integer else b)
     return out
+
+
+class NoHostSync:
+    """Inside this context every tensor -> host read-back raises: ``.item()``, ``.tolist()``,
+    ``nonzero`` (method and function), ``bool()``, ``int()``, ``float()``, ``__index__`` -- what
+    would stall a CUDA stream. Read-backs made (directly or indirectly) from a function named in
+    ``allowed`` pass: the documented ones, e.g. the GT label range check."""
+
+    NAMES = ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__")
+
+    def __init__(self, allowed: tuple[str, ...] = ()) -> None:
+        self.allowed = set(allowed)
+
+    def _permitted(self) -> bool:
+        f = sys._getframe(2)
+        while f is not None:
+            if f.f_code.co_name in self.allowed:
+                return True
+            f = f.f_back
+        return False
+
+    def __enter__(self) -> NoHostSync:
+        self.saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
+        self.saved_fn = torch.nonzero
+        guard = self
+
+        def wrap(original):
+            def read_back(*args, **kwargs):
+                if guard._permitted():
+                    return original(*args, **kwargs)
+                raise AssertionError("host synchronisation on the sync-free path")
+            return read_back
+
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, wrap(f))
+        torch.nonzero = wrap(self.saved_fn)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
+        torch.nonzero = self.saved_fn
+        return False

@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from assign_testutils import NoHostSync
 from dynamic_testutils import draw_problem, random_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ import assignlab.assigners._dynamic_k as dk
 import assignlab.assigners.dsl as dsl_module
 import assignlab.assigners.simota as simota_module
 from assignlab.assigners import DynamicSoftLabelAssigner, SimOTAAssigner, TaskAlignedAssigner
-from assignlab.core import GroundTruth, Priors, gt_chunks, make_priors
+from assignlab.core import GroundTruth, Priors, devices, gt_chunks, make_priors
 
 PRI = make_priors((48, 48), strides=(8, 16))  # 36 + 9 priors
 
@@ -437,37 +438,12 @@ def test_cost_of_all_priors_equals_the_pair_cost(make, monkeypatch):
 
 
 # -- the accelerator path: every pair evaluated, no host synchronisation ---------------------------
-class _NoHostSync:
-    """Makes every tensor -> host read-back raise (``.item()``, ``.tolist()``, ``nonzero``,
-    ``bool()``, ``int()``, ``float()``): what would stall a CUDA stream."""
-
-    NAMES = ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__")
-
-    def __enter__(self):
-        self.saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
-        self.saved_fn = torch.nonzero
-
-        def boom(*args, **kwargs):
-            raise AssertionError("host synchronisation on the sync-free path")
-
-        for n in self.NAMES:
-            setattr(torch.Tensor, n, boom)
-        torch.nonzero = boom
-        return self
-
-    def __exit__(self, *exc):
-        for n, f in self.saved.items():
-            setattr(torch.Tensor, n, f)
-        torch.nonzero = self.saved_fn
-        return False
-
-
 def test_no_host_sync_guard_catches_a_read_back():
     # the guard itself must be able to fail
     x = torch.tensor([0.0, 1.0])
     for read in (lambda: x.nonzero(), lambda: bool(x.any()), lambda: x.sum().item(), lambda: x.tolist(),
                  lambda: int(x[1]), lambda: torch.nonzero(x)):
-        with _NoHostSync(), pytest.raises(AssertionError, match="host synchronisation"):
+        with NoHostSync(), pytest.raises(AssertionError, match="host synchronisation"):
             read()
     assert x.nonzero().tolist() == [[1]]  # restored
 
@@ -482,17 +458,17 @@ def test_sync_free_path_matches_dense_reference_without_host_sync(seed, mode, mo
     N = PRI.num_priors
     cost, iou = dense_of(pc)
     ref = dense_dynamic_k(cost, iou, pc.gt_valid, pc.candidates, 4)
-    monkeypatch.setattr(dk, "sync_free", lambda device: True)
+    monkeypatch.setattr(devices, "sync_free", lambda device: True)
     for max_pairs in (10**6, 1):
         chunks = gt_chunks(B, G, N, max_pairs)
-        with _NoHostSync():
+        with NoHostSync():
             got = dk.select_dynamic_k(pc, 4, chunks, max_pairs)
         assert torch.equal(got, ref), (mode, max_pairs)
 
 
 def test_sync_free_is_chosen_by_device():
-    assert not dk.sync_free(torch.device("cpu"))
-    assert dk.sync_free(torch.device("cuda", 0)) and dk.sync_free(torch.device("mps"))
+    assert not devices.sync_free(torch.device("cpu"))
+    assert devices.sync_free(torch.device("cuda", 0)) and devices.sync_free(torch.device("mps"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -513,7 +489,7 @@ def test_assigners_sync_free_equal_sparse(make, dtype, monkeypatch):
         for mp in (2**25, 64):
             sparse = make(max_pairs=mp)(pri, gt, pred_boxes=pred, pred_scores=scores)
             with pytest.MonkeyPatch.context() as m:
-                m.setattr(dk, "sync_free", lambda device: True)
+                m.setattr(devices, "sync_free", lambda device: True)
                 dense = make(max_pairs=mp)(pri, gt, pred_boxes=pred, pred_scores=scores)
             assert sparse.positive.sum() > 5
             assert torch.equal(dense.gt_index, sparse.gt_index), (seed, mp)
@@ -531,7 +507,7 @@ def test_property_sync_free_matches_dense_rule(problem, kind, max_pairs):
         a = SimOTAAssigner(max_pairs=max_pairs) if kind == "mmdet" else SimOTAAssigner.yolox(max_pairs=max_pairs)
         module = simota_module
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dk, "sync_free", lambda device: True)
+        mp.setattr(devices, "sync_free", lambda device: True)
         check_against_dense(a, module, mp, pri, gt, pred, scores)
 
 
@@ -564,9 +540,8 @@ def test_whole_call_is_sync_free_on_accelerators(make, monkeypatch):
     if make is DynamicSoftLabelAssigner:
         scores = torch.logit(scores)
     expected = make()(pri, gt, pred_boxes=pred, pred_scores=scores)
-    monkeypatch.setattr(dk, "sync_free", lambda device: True)
-    monkeypatch.setattr(dk, "check_gt_labels", lambda *args, **kwargs: None)
-    with _NoHostSync():
+    monkeypatch.setattr(devices, "sync_free", lambda device: True)
+    with NoHostSync(allowed=("check_gt_labels",)):
         got = make()(pri, gt, pred_boxes=pred, pred_scores=scores)
     assert expected.positive.sum() > 5
     assert torch.equal(got.gt_index, expected.gt_index) and torch.equal(got.quality, expected.quality)

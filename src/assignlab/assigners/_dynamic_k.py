@@ -69,7 +69,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core import Assignment, GroundTruth, Priors
+from ..core import Assignment, GroundTruth, Priors, devices
 from .base import check_gt_labels, check_predictions
 
 __all__ = [
@@ -505,13 +505,6 @@ def usable_predictions(pred_boxes: Tensor, candidates: Tensor) -> Tensor:
     return candidates.reshape(-1) & (flat[:, 2] > flat[:, 0]) & (flat[:, 3] > flat[:, 1]) & torch.isfinite(flat).all(1)
 
 
-def sync_free(device: torch.device) -> bool:
-    """Whether :func:`select_dynamic_k` must run without host synchronisation: on accelerators
-    (every data-dependent size read back to the host would stall the device's queue). The CPU
-    takes the sparse path, whose sizes depend on the data."""
-    return device.type != "cpu"
-
-
 class OverlapIndex:
     """Every (GT, predicted box) pair with a positive IoU, without evaluating all ``B x G x N``
     pairs.
@@ -787,11 +780,11 @@ def select_dynamic_k(pc: PairCosts, q: int, chunks: list[slice], max_pairs: int)
     (candidate pairs above ``DENSE_SHARE`` of all pairs, e.g. huge predicted boxes) is evaluated
     densely instead, with the same results.
 
-    On accelerators (:func:`sync_free`) every chunk is evaluated densely, in groups of GT rows
+    On accelerators (:func:`~assignlab.core.devices.sync_free`) every chunk is evaluated densely, in groups of GT rows
     under a quarter of ``max_pairs``, with no host synchronisation: the same decisions (tested on
     the CPU by forcing this path), memory bounded by ``max_pairs``, and work ``G x N``.
     """
-    sel = _Selection(pc, min(q, pc.candidates.shape[1]), max_pairs, sync_free(pc.pred_boxes.device))
+    sel = _Selection(pc, min(q, pc.candidates.shape[1]), max_pairs, devices.sync_free(pc.pred_boxes.device))
     for sl in chunks:
         if sl.stop > sl.start:
             sel.chunk(sl)

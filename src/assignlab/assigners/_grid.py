@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import Assignment, GroundTruth, Priors, chunk_slices
+from ..core import Assignment, GroundTruth, Priors, chunk_slices, devices
 from ..core.boxes import valid_box_mask
 
 __all__ = [
@@ -308,7 +308,7 @@ class WindowChunk:
 def use_windows(layouts: Sequence[LevelLayout], device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the sparse window path applies: CPU, float32 (the packed sort keys are exact for
     float32) and every level on a known grid."""
-    return device.type == "cpu" and dtype == torch.float32 and len(layouts) > 0 and all(l.grid for l in layouts)
+    return not devices.sync_free(device) and dtype == torch.float32 and len(layouts) > 0 and all(l.grid for l in layouts)
 
 
 def monotone_edges(lo: Tensor, hi: Tensor) -> bool:

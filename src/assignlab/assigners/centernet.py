@@ -63,7 +63,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, chunk_slices, gt_chunks
+from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, chunk_slices, devices, gt_chunks
 from ..core.boxes import aligned_box_iou
 from ._grid import gather_boxes
 from .base import Assigner, check_gt_labels, positive, unit_interval
@@ -207,7 +207,7 @@ class CenterNetAssigner(Assigner):
         with ``h`` and ``w``, so it is at most that of an image-sized box on the finest level (``+ 1``
         absorbs rounding). Without an image size the maximum is read (one sync)."""
         H, W = priors.image_size
-        if (radius.device.type == "cpu" and not self._static_window) or not (H > 0 and W > 0):
+        if (not devices.sync_free(radius.device) and not self._static_window) or not (H > 0 and W > 0):
             return int(radius.max()) if radius.numel() else 0
         s = min(priors.level_strides)
         h, w = torch.tensor([float(math.ceil(H / s)), float(math.ceil(W / s))], dtype=torch.float64)

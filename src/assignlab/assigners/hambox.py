@@ -49,10 +49,11 @@ Anchor-free priors are matched with ``priors.boxes(square_scale)`` squares.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, gt_chunks
+from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors, devices, gt_chunks
 from ..core.boxes import aligned_box_iou, batched_box_iou, valid_box_mask
 from ..core.chunking import CACHE_PAIRS, image_gt_chunks
 from ._grid import (
@@ -80,6 +81,15 @@ def _sanitize_pred_boxes(pred_boxes: Tensor, dtype: torch.dtype) -> Tensor:
     lo = pb[..., :2]
     hi = torch.maximum(pb[..., 2:], lo)
     return torch.cat([lo, hi], dim=-1)
+
+
+def _just_below(x: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` value below ``x``, computed on the host (no tensor read-back).
+    Example: ``_just_below(0.5, torch.float32) == 0.5 - 2**-25``."""
+    np_type = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}.get(dtype)
+    if np_type is None:  # bfloat16: a CPU scalar
+        return float(torch.nextafter(torch.tensor(x, dtype=dtype), torch.tensor(-1.0, dtype=dtype)))
+    return float(np.nextafter(np_type(x), np_type(-1.0)))
 
 
 class HAMBoxAssigner(Assigner):
@@ -177,8 +187,8 @@ class HAMBoxAssigner(Assigner):
         # stage-1 positives (not candidates); t2 threshold just below t2 so that ``> thr`` is ``>= t2``
         vmax = gt.mask.to(dtype)[..., None]  # (B, G, 1)
         cap = torch.where(pos1, -1.0, float("inf")).to(dtype)[:, None, :]  # (B, 1, N)
-        thr = torch.nextafter(torch.tensor(self.t2, dtype=dtype), torch.tensor(-1.0, dtype=dtype)).item()
-        sparse = not self.ignore_pred_negatives and device.type == "cpu" and not dense
+        thr = _just_below(self.t2, dtype)
+        sparse = not self.ignore_pred_negatives and not devices.sync_free(device) and not dense
         if sparse:
             pos1_piou = self._stage2_rows(gt, pboxes, pos1, gt1, m, kc, cap, thr, comp_iou, sv, si)
         for bs, gs in [] if sparse else image_gt_chunks(B, G, N, min(self.max_pairs, CACHE_PAIRS)):

@@ -285,7 +285,7 @@ class YOLOv5Assigner(Assigner):
         r = torch.arange(-R, R + 1, device=device)
         dy, dx = torch.meshgrid(r, r, indexing="ij")
         win = torch.stack([dx.reshape(-1), dy.reshape(-1)], 1)  # (K, 2) integer (dx, dy)
-        return win, int((win == 0).all(1).nonzero()[0, 0]) if R >= 0 else 0
+        return win, R * (2 * R + 1) + R  # row dy = 0, column dx = 0 of the (2R + 1)^2 window
 
     def _match_chunk(self, boxes: Tensor, valid: Tensor, lv: _Levels, offsets: Tensor, k0: int) -> dict:
         """Rows of a chunk of ``P`` flattened (image, GT) pairs: ``boxes (P, 4)``, ``valid (P,)``."""

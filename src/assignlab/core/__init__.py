@@ -1,5 +1,6 @@
 """The batched assignment core: priors, padded ground truth, the assignment result, box helpers."""
 
+from . import devices
 from .assignment import Assignment, Matches, dense_from_matches, select_best_per_prior
 from .chunking import DEFAULT_MAX_PAIRS, chunk_slices, gt_chunks
 from .groundtruth import BadBoxError, GroundTruth
@@ -14,6 +15,7 @@ __all__ = [
     "Priors",
     "chunk_slices",
     "dense_from_matches",
+    "devices",
     "gt_chunks",
     "make_priors",
     "select_best_per_prior",
