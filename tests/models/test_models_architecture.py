@@ -178,3 +178,30 @@ def test_models_macs_about_150m_at_224():
     assert model.training  # count_macs restores the mode
     # width scales cost roughly quadratically
     assert count_macs(Detector(num_classes=1, width=0.5), 224) < 0.35 * macs
+
+
+@pytest.mark.parametrize("kind", ["anchor", "free"])
+def test_models_detector_is_channels_last_and_layout_agnostic(kind, tmp_path):
+    # NHWC weights (faster oneDNN convolutions on the CPU); inputs in either layout give the same
+    # output bits, and the layout survives .to() and a state_dict round trip into a fresh model
+    torch.manual_seed(0)
+    m = Detector(num_classes=2, head=kind, width=0.25, reg_max=4 if kind == "free" else 0).eval()
+    convs = [p for p in m.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        a = m(x)
+        b = m(x.contiguous(memory_format=torch.channels_last))
+    for t, u in ((a.cls, b.cls), (a.box, b.box)):
+        assert torch.equal(t, u) and torch.isfinite(t).all()
+    m2 = Detector(num_classes=2, head=kind, width=0.25, reg_max=4 if kind == "free" else 0).to("cpu").eval()
+    m2.load_state_dict(m.state_dict())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in m2.parameters() if p.dim() == 4)
+    with torch.no_grad():
+        assert torch.equal(m2(x).cls, a.cls)
+    # NCHW weights (e.g. a user's .to(memory_format=contiguous_format)) still run, to rounding
+    m3 = Detector(num_classes=2, head=kind, width=0.25, reg_max=4 if kind == "free" else 0).eval()
+    m3.load_state_dict(m.state_dict())
+    m3.to(memory_format=torch.contiguous_format)
+    with torch.no_grad():
+        torch.testing.assert_close(m3(x).cls, a.cls, rtol=1e-4, atol=1e-5)
