@@ -119,3 +119,25 @@ def test_new_subclasses_are_checked():
     # wrapping is idempotent and keeps the signature
     assert check_finite_args(MyAssigner.__init__) is MyAssigner.__init__
     assert list(inspect.signature(MyAssigner.__init__).parameters)[:2] == ["self", "scale"]
+
+
+def test_call_assigner_passes_predictions_only_to_prediction_aware_assigners():
+    import torch
+
+    from assignlab.assigners import ATSSAssigner, TaskAlignedAssigner
+    from assignlab.assigners.base import call_assigner
+    from assignlab.core import GroundTruth, make_priors
+
+    priors = make_priors((64, 64))
+    gt = GroundTruth.from_lists([torch.tensor([[8.0, 8.0, 40.0, 36.0]])], [torch.tensor([0])])
+    n = priors.num_priors
+    pb = torch.cat([priors.points - 12, priors.points + 12], -1)[None].requires_grad_()
+    ps = torch.full((1, n, 1), 0.5, requires_grad=True)
+    static = call_assigner(ATSSAssigner(), priors, gt, pb, ps)
+    assert torch.equal(static.gt_index, ATSSAssigner()(priors, gt).gt_index) and static.positive.any()
+    tal = call_assigner(TaskAlignedAssigner(), priors, gt, pb, ps)  # detached inside: no graph kept
+    assert torch.equal(tal.gt_index, TaskAlignedAssigner()(priors, gt, pred_boxes=pb.detach(),
+                                                           pred_scores=ps.detach()).gt_index)
+    assert tal.positive.any() and not tal.quality.requires_grad
+    with pytest.raises(ValueError, match="prediction-aware"):
+        call_assigner(TaskAlignedAssigner(), priors, gt)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from assignlab.assigners.base import call_assigner
 from assignlab.core import GroundTruth, devices
 from assignlab.engine.config import TrainConfig
 from assignlab.engine.train import build_assigner, build_loss, build_model
@@ -40,10 +41,7 @@ def test_training_step_is_sync_free(loss, head, assigner, monkeypatch):
         raw = model(images)
         priors = model.priors((64, 64))
         pb, ps = model.decode(raw, priors)
-        if getattr(asg, "requires_predictions", False):
-            res = asg(priors, gt, pred_boxes=pb.detach(), pred_scores=ps.detach())
-        else:
-            res = asg(priors, gt)
+        res = call_assigner(asg, priors, gt, pb, ps)
         total, parts = loss_fn(raw, pb, priors, gt, res)
         total.backward()
     assert res.positive.any()

@@ -24,6 +24,7 @@ from ..core import DEFAULT_MAX_PAIRS, Assignment, GroundTruth, Priors
 
 __all__ = [
     "Assigner",
+    "call_assigner",
     "check_finite_args",
     "check_gt_labels",
     "check_predictions",
@@ -33,6 +34,18 @@ __all__ = [
     "positive_int",
     "unit_interval",
 ]
+
+
+def call_assigner(assigner, priors: Priors, gt: GroundTruth, pred_boxes: Tensor | None = None,
+                  pred_scores: Tensor | None = None) -> Assignment:
+    """Call ``assigner`` as a training step does: the (detached) predictions go to it only when it
+    declares ``requires_predictions`` (the prediction-aware ones and YOLOv5 with ``ignore_iou`` /
+    ``dedup="best_pred_iou"``); static assigners see priors and GTs only."""
+    if getattr(assigner, "requires_predictions", False):
+        if pred_boxes is None or pred_scores is None:
+            raise ValueError(f"{type(assigner).__name__} is prediction-aware: pass pred_boxes and pred_scores")
+        return assigner(priors, gt, pred_boxes=pred_boxes.detach(), pred_scores=pred_scores.detach())
+    return assigner(priors, gt)
 
 
 class Assigner:

@@ -24,6 +24,7 @@ import time
 import torch
 
 from ..assigners import ASSIGNERS
+from ..assigners.base import call_assigner
 from ..core import GroundTruth, make_priors
 
 FACE_ANCHORS = [[(16.0, 16.0)], [(48.0, 48.0)], [(144.0, 144.0)]]
@@ -63,9 +64,7 @@ def make_inputs(name: str, batch: int, num_gts: int, size: int = 640, num_classe
 
 
 def _call(assigner, priors, gt, preds):
-    if getattr(assigner, "requires_predictions", False):
-        return assigner(priors, gt, **preds)
-    return assigner(priors, gt)
+    return call_assigner(assigner, priors, gt, **preds)
 
 
 def time_point(name: str, batch: int, num_gts: int, repeats: int = 3, loop: bool = True, device: str = "cpu",

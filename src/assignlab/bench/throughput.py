@@ -13,6 +13,7 @@ import time
 import torch
 
 from ..assigners import ASSIGNERS
+from ..assigners.base import call_assigner
 from ..core import GroundTruth
 
 
@@ -49,10 +50,7 @@ def bench_train_step(assigner: str, loss: str, head: str, reg_max: int = 0, widt
         t1 = time.perf_counter()
         priors = model.priors((img, img))
         pb, ps = model.decode(raw, priors)
-        if getattr(asg, "requires_predictions", False):
-            res = asg(priors, gt, pred_boxes=pb.detach(), pred_scores=ps.detach())
-        else:
-            res = asg(priors, gt)
+        res = call_assigner(asg, priors, gt, pb, ps)
         t2 = time.perf_counter()
         total, _ = loss_fn(raw, pb, priors, gt, res)
         t3 = time.perf_counter()

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..assigners.base import call_assigner
 from ..losses.normalize import LossBalanceMonitor
 from .checkpoint import (
     CheckpointError,
@@ -564,10 +565,7 @@ def _train(cfg, d: _Dist, device, progress, build_dataset, build_loader, load_da
                 raw = _cast_out(raw)
             priors = core.priors(tuple(images.shape[-2:]))
             pred_boxes, pred_scores = core.decode(raw, priors)
-            if getattr(assigner, "requires_predictions", False):
-                assignment = assigner(priors, gt, pred_boxes=pred_boxes.detach(), pred_scores=pred_scores.detach())
-            else:
-                assignment = assigner(priors, gt)
+            assignment = call_assigner(assigner, priors, gt, pred_boxes, pred_scores)
             loss, parts = loss_fn(raw, pred_boxes, priors, gt, assignment)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
